@@ -1,0 +1,31 @@
+"""schedy: a hyperparameter scheduler for machine learning, centred on PBT.
+
+The public API continues the Schedy client's::
+
+    import schedy
+    db = schedy.SchedyDB()
+    experiment = db.get_experiment('MNIST with PBT')
+    with experiment.next_job() as job:
+        ...
+"""
+
+from __future__ import annotations
+
+from . import errors, pbt, random
+from .db import SchedyDB
+from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch
+from .jobs import Job
+
+__all__ = [
+    "Experiment",
+    "Job",
+    "ManualSearch",
+    "PopulationBasedTraining",
+    "RandomSearch",
+    "SchedyDB",
+    "errors",
+    "pbt",
+    "random",
+]
+
+__version__ = "0.1.0"

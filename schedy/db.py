@@ -1,0 +1,107 @@
+"""SchedyDB: the handle on a store, whose URL picks the storage backend."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .experiments import Experiment, _experiment_from_record
+from .storage._base import Storage
+
+__all__ = ["DEFAULT_URL", "SchedyDB"]
+
+#: The embedded default: a SQLite file in the current folder.
+DEFAULT_URL = "sqlite:///./schedy.db"
+
+_SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+
+
+def _open_storage(url: str, options: dict[str, Any]) -> Storage:
+    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    if scheme in ("http", "https"):
+        try:
+            from .storage._http import HTTPStorage  # type: ignore[import-not-found, unused-ignore]
+        except ImportError:
+            raise ValueError(
+                f"cannot open {url}: this schedy has no HTTP backend yet; point SchedyDB at "
+                "the server's database URL (sqlite:///… or postgresql://…) instead"
+            ) from None
+        return HTTPStorage(url, **options)  # type: ignore[no-any-return, unused-ignore]
+    from .storage._sql import SQLStorage
+
+    if scheme == "":
+        # A bare path is a SQLite file: SchedyDB('runs/schedy.db').
+        url = "sqlite:///" + url
+    elif scheme not in _SQL_SCHEMES:
+        raise ValueError(
+            f"unsupported store URL {url!r}: use sqlite:///path.db, postgresql://user@host/db "
+            "or http(s)://host:port (a schedy server)"
+        )
+    elif url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    return SQLStorage(url, **options)
+
+
+class SchedyDB:
+    """The handle on a store of experiments and jobs.
+
+    ``url`` picks the backend: ``sqlite:///path.db``, ``postgresql://…`` (any
+    SQLAlchemy URL) or ``http(s)://host:port`` (a schedy server). Without it,
+    ``$SCHEDY_URL`` is used, else the embedded ``sqlite:///./schedy.db``.
+
+    ``lease_seconds`` (default 60) is how long a claimed job stays a worker's
+    without a heartbeat; a worker killed mid-job frees its PBT member that
+    long after its last heartbeat. Other options go to the backend (for SQL:
+    SQLAlchemy ``create_engine`` arguments).
+    """
+
+    def __init__(
+        self, url: str | None = None, *, lease_seconds: float = 60.0, **options: Any
+    ) -> None:
+        if url is None:
+            url = os.environ.get("SCHEDY_URL") or DEFAULT_URL
+        if not isinstance(url, str) or not url:
+            raise TypeError(f"url must be a non-empty string, not {url!r}")
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        self.url = url
+        self._lease_seconds = float(lease_seconds)
+        self._storage = _open_storage(url, options)
+
+    def add_experiment(self, exp: Experiment) -> None:
+        """Store a new experiment; ``ResourceExistsError`` if the name is taken."""
+        if not isinstance(exp, Experiment):
+            raise TypeError(
+                f"add_experiment expects a schedy experiment (ManualSearch, RandomSearch, "
+                f"PopulationBasedTraining), not {exp!r}"
+            )
+        self._storage.create_experiment(exp._record())
+        exp._db = self
+
+    def get_experiment(self, name: str) -> Experiment:
+        """The stored experiment, as the right subclass; ``NotFoundError`` otherwise."""
+        return self._bind(_experiment_from_record(self._storage.get_experiment(name)))
+
+    def get_experiments(self) -> list[Experiment]:
+        """Every stored experiment, oldest first."""
+        return [
+            self._bind(_experiment_from_record(record))
+            for record in self._storage.list_experiments()
+        ]
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        self._storage.close()
+
+    def _bind(self, experiment: Experiment) -> Experiment:
+        experiment._db = self
+        return experiment
+
+    def __enter__(self) -> SchedyDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SchedyDB({self.url!r})"

@@ -1,0 +1,262 @@
+"""Jobs: one trial of an experiment, its lifecycle, lease heartbeat and results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import UnsafeUpdateError
+from .storage._base import JobRecord, JobUpdate
+
+if TYPE_CHECKING:
+    from .experiments import Experiment
+    from .storage._base import Storage
+
+__all__ = ["Job"]
+
+logger = logging.getLogger(__name__)
+
+
+class _LeaseKeeper:
+    """One daemon thread per process that renews the leases of running jobs.
+
+    A single shared thread (rather than one per job) keeps ``with job:`` cheap
+    — starting a thread costs more than a whole scheduling cycle. It renews
+    each lease every third of its duration, so a worker survives two missed
+    renewals before its job is declared lost.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, tuple[Job, float]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def add(self, job: Job) -> None:
+        with self._cond:
+            if self._pid != os.getpid():  # forked: the parent's thread is not ours
+                self._jobs, self._thread, self._pid = {}, None, os.getpid()
+            self._jobs[id(job)] = (job, time.monotonic() + job._lease_seconds / 3)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="schedy-lease-keeper", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, job: Job) -> None:
+        with self._cond:
+            self._jobs.pop(id(job), None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [job for job, at in self._jobs.values() if at <= now]
+                for job in due:
+                    self._jobs[id(job)] = (job, now + job._lease_seconds / 3)
+                if not due:
+                    wait = min((at for _, at in self._jobs.values()), default=now + 60) - now
+                    self._cond.wait(timeout=max(wait, 0.01))
+                    continue
+            for job in due:
+                job._renew_lease()
+
+
+_keeper = _LeaseKeeper()
+
+
+class Job:
+    """One trial: hyperparameters to try and the results it reported.
+
+    Use it as a context manager around the work: the lease is renewed by a
+    heartbeat while inside, and on exit the job is marked DONE (or CRASHED if
+    an exception escaped, with the error recorded) and its results are pushed
+    either way::
+
+        with experiment.next_job() as job:
+            job.results['accuracy'] = train(**job.hyperparameters)
+
+    PBT lineage: ``member`` (population slot), ``generation`` (jobs run by the
+    member before this one), ``parent_id`` (the job whose results and
+    checkpoint this one continues) and ``exploited_from`` (set when the
+    parent belonged to a better member that was copied).
+    """
+
+    #: Waiting in the queue to be handed out by ``next_job``.
+    QUEUED: ClassVar[str] = "QUEUED"
+    #: Handed out to a worker, which holds its lease.
+    RUNNING: ClassVar[str] = "RUNNING"
+    #: Failed: an exception in the worker, or the worker was lost (lease expired).
+    CRASHED: ClassVar[str] = "CRASHED"
+    #: Abandoned on purpose because it was not worth going on.
+    PRUNED: ClassVar[str] = "PRUNED"
+    #: Finished successfully.
+    DONE: ClassVar[str] = "DONE"
+
+    def __init__(
+        self,
+        job_id: str,
+        experiment: Experiment,
+        hyperparameters: dict[str, Any],
+        status: str = "QUEUED",
+        results: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = job_id
+        self.experiment = experiment
+        self.status = status
+        self.hyperparameters = hyperparameters
+        self.results: dict[str, Any] = {} if results is None else results
+        self.member: int | None = None
+        self.generation: int | None = None
+        self.parent_id: str | None = None
+        self.exploited_from: str | None = None
+        self.error: str | None = None
+        self.created_at = 0.0
+        self.updated_at = 0.0
+        self._lease_token: str | None = None
+        self._lease_seconds = 60.0
+        self._lease_lost = False
+
+    @classmethod
+    def _from_record(
+        cls, record: JobRecord, experiment: Experiment, lease_seconds: float | None = None
+    ) -> Job:
+        job = cls(record.id, experiment, record.hyperparameters, record.status, record.results)
+        job.member = record.member
+        job.generation = record.generation
+        job.parent_id = record.parent_id
+        job.exploited_from = record.exploited_from
+        job.error = record.error
+        job.created_at = record.created_at
+        job.updated_at = record.updated_at
+        job._lease_token = record.lease_token
+        if lease_seconds is not None:
+            job._lease_seconds = lease_seconds
+        return job
+
+    @property
+    def job_id(self) -> str:
+        """Alias of ``id`` (the original client's name)."""
+        return self.id
+
+    @property
+    def _storage(self) -> Storage:
+        return self.experiment._storage
+
+    def put(self) -> None:
+        """Store status, hyperparameters and results now.
+
+        A worker that lost its lease (its job expired and was marked CRASHED)
+        gets :class:`~schedy.errors.UnsafeUpdateError` and writes nothing.
+        """
+        update = JobUpdate(
+            status=self.status,
+            hyperparameters=self.hyperparameters,
+            results=self.results,
+            error=self.error,
+        )
+        record = self._storage.update_job(
+            self.experiment.name, self.id, update, lease_token=self._lease_token
+        )
+        self.updated_at = record.updated_at
+        if record.status != Job.RUNNING:
+            self._lease_token = None
+
+    def delete(self) -> None:
+        """Delete this job from the store."""
+        self._stop_heartbeat()
+        self._storage.delete_job(self.experiment.name, self.id)
+
+    def lineage(self) -> list[Job]:
+        """This job's ancestry, root first: the hyperparameter schedule it followed.
+
+        Follows ``parent_id`` through exploits, so the list is exactly the
+        sequence of jobs whose checkpoints led to this one.
+        """
+        chain = [self]
+        seen = {self.id}
+        while chain[-1].parent_id is not None and chain[-1].parent_id not in seen:
+            parent = self.experiment.get_job(chain[-1].parent_id)
+            seen.add(parent.id)
+            chain.append(parent)
+        chain.reverse()
+        return chain
+
+    # -- lease -------------------------------------------------------------
+    def _renew_lease(self) -> None:
+        token = self._lease_token
+        if token is None or self._lease_lost:
+            return
+        try:
+            held = self._storage.renew_lease(
+                self.experiment.name, self.id, token, self._lease_seconds
+            )
+        except Exception:  # a transient outage must not kill the heartbeat
+            logger.warning(
+                "could not renew the lease of job %s; will retry", self.id, exc_info=True
+            )
+            return
+        if not held:
+            self._lease_lost = True
+            logger.error(
+                "job %s of %r lost its lease (it was marked CRASHED); its results will be refused",
+                self.id,
+                self.experiment.name,
+            )
+
+    def _stop_heartbeat(self) -> None:
+        _keeper.remove(self)
+
+    # -- context manager ---------------------------------------------------
+    def __enter__(self) -> Job:
+        if self.status != Job.RUNNING:
+            self.status = Job.RUNNING
+            self.put()
+        if self._lease_token is not None:
+            _keeper.add(self)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop_heartbeat()
+        if exc_type is None:
+            self.status = Job.DONE
+        else:
+            self.status = Job.CRASHED
+            lines = traceback.format_exception(exc_type, exc_value, tb)
+            self.error = "".join(lines)[-4000:]
+        try:
+            self.put()
+        except UnsafeUpdateError:
+            if exc_type is None:
+                raise
+            logger.error("could not record the crash of job %s: its lease was lost", self.id)
+        except TypeError as error:
+            # Unstorable results: record the job as CRASHED (keeping what was
+            # stored before) rather than leaving it RUNNING, then tell the user.
+            self.status = Job.CRASHED
+            self.error = str(error)
+            self._storage.update_job(
+                self.experiment.name,
+                self.id,
+                JobUpdate(status=Job.CRASHED, error=self.error),
+                lease_token=self._lease_token,
+            )
+            self._lease_token = None
+            raise
+
+    def __repr__(self) -> str:
+        return (
+            f"Job(id={self.id!r}, experiment={self.experiment.name!r}, status={self.status!r}, "
+            f"hyperparameters={self.hyperparameters!r})"
+        )

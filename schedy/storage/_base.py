@@ -1,0 +1,220 @@
+"""The one storage interface every backend implements.
+
+A backend stores experiments, jobs and the compact population summary PBT
+schedules from, and runs :meth:`Storage.claim_job` — the scheduling decision —
+inside one transaction. The decision itself lives in the experiment classes
+(``schedy.experiments``); a backend only gathers the state it needs and
+applies the result, so SQLite, PostgreSQL and the HTTP server schedule
+identically.
+
+Contract (checked by ``tests/test_storage_conformance.py`` for every backend):
+
+* Thread and process safe: any number of workers may call any method
+  concurrently. ``claim_job`` never hands the same job to two callers.
+* Every write is durable when the method returns, and all-or-nothing: a
+  method that raises has changed nothing.
+* Records returned are snapshots; changing them changes nothing stored.
+* Errors: ``NotFoundError`` for unknown experiments/jobs,
+  ``ResourceExistsError`` for a taken experiment name, ``UnsafeUpdateError``
+  for a lost lease, ``StorageError`` when the store is unreachable/unusable.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Claim", "ExperimentRecord", "JobRecord", "MemberRecord", "Storage"]
+
+QUEUED = "QUEUED"
+RUNNING = "RUNNING"
+CRASHED = "CRASHED"
+PRUNED = "PRUNED"
+DONE = "DONE"
+JOB_STATUSES = (QUEUED, RUNNING, CRASHED, PRUNED, DONE)
+
+EXPERIMENT_RUNNING = "RUNNING"
+EXPERIMENT_DONE = "DONE"
+EXPERIMENT_STATUSES = (EXPERIMENT_RUNNING, EXPERIMENT_DONE)
+
+
+@dataclass
+class ExperimentRecord:
+    """An experiment as stored: its kind (scheduler) and JSON configuration."""
+
+    name: str
+    kind: str
+    status: str
+    config: dict[str, Any]
+
+
+@dataclass
+class JobRecord:
+    """A job as stored, with its PBT lineage.
+
+    ``parent_id`` is the job whose checkpoint/results this job continues from
+    (for an exploited job: the better member's job); ``exploited_from`` is set
+    only when the job was created by exploitation. ``lease_token`` is only
+    filled in for the worker that claimed the job.
+    """
+
+    id: str
+    experiment: str
+    status: str
+    hyperparameters: dict[str, Any]
+    results: dict[str, Any]
+    member: int | None = None
+    generation: int | None = None
+    parent_id: str | None = None
+    exploited_from: str | None = None
+    error: str | None = None
+    lease_token: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass
+class MemberRecord:
+    """One PBT population member: the compact state scheduling reads.
+
+    ``head_id`` is the member's last good (DONE) job — where it resumes from;
+    ``busy_id`` the job now queued or running for it. ``score`` is the head's
+    ranking value, already oriented so that higher is better (``None`` =
+    missing or NaN, ranked worst). ``ready_seq`` orders ready members so the
+    one that waited longest goes first.
+    """
+
+    index: int
+    head_id: str | None = None
+    head_generation: int | None = None
+    score: float | None = None
+    busy_id: str | None = None
+    last_id: str | None = None
+    crashes: int = 0
+    ended: bool = False
+    ready_seq: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.busy_id is None and not self.ended
+
+
+@dataclass
+class Claim:
+    """What ``claim_job`` gives: a job, or why there is none.
+
+    ``wait`` is True when nothing is available now but something may come
+    (every member busy); False with no job means nothing can ever come.
+    """
+
+    job: JobRecord | None
+    wait: bool = False
+    reason: str = ""
+
+
+@dataclass
+class JobUpdate:
+    """Fields a worker writes back with ``put``; ``None`` leaves a field as is."""
+
+    status: str | None = None
+    hyperparameters: Mapping[str, Any] | None = None
+    results: Mapping[str, Any] | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Storage(abc.ABC):
+    """Abstract store. See the module docstring for the contract."""
+
+    url: str
+
+    # -- experiments -------------------------------------------------------
+    @abc.abstractmethod
+    def create_experiment(self, record: ExperimentRecord) -> None:
+        """Store a new experiment; ``ResourceExistsError`` if the name is taken."""
+
+    @abc.abstractmethod
+    def get_experiment(self, name: str) -> ExperimentRecord:
+        """Return the experiment; ``NotFoundError`` if there is none."""
+
+    @abc.abstractmethod
+    def list_experiments(self) -> list[ExperimentRecord]:
+        """All experiments, oldest first."""
+
+    @abc.abstractmethod
+    def update_experiment(self, name: str, status: str, config: dict[str, Any]) -> None:
+        """Replace status and configuration; ``NotFoundError`` if it is gone."""
+
+    @abc.abstractmethod
+    def delete_experiment(self, name: str) -> None:
+        """Delete the experiment and all its jobs; ``NotFoundError`` if absent."""
+
+    # -- jobs --------------------------------------------------------------
+    @abc.abstractmethod
+    def add_job(
+        self,
+        experiment: str,
+        status: str,
+        hyperparameters: dict[str, Any],
+        results: dict[str, Any],
+    ) -> JobRecord:
+        """Add a job by hand (a queued job is handed out by ``claim_job`` first)."""
+
+    @abc.abstractmethod
+    def get_job(self, experiment: str, job_id: str) -> JobRecord:
+        """Return one job; ``NotFoundError`` if absent."""
+
+    @abc.abstractmethod
+    def list_jobs(
+        self, experiment: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[JobRecord]:
+        """One page of jobs in creation order, starting after job ``after``."""
+
+    def iter_jobs(self, experiment: str, page_size: int = 1000) -> Iterator[JobRecord]:
+        """Every job, fetched page by page so memory stays flat."""
+        after: str | None = None
+        while True:
+            page = self.list_jobs(experiment, after=after, limit=page_size)
+            yield from page
+            if len(page) < page_size:
+                return
+            after = page[-1].id
+
+    @abc.abstractmethod
+    def update_job(
+        self,
+        experiment: str,
+        job_id: str,
+        update: JobUpdate,
+        lease_token: str | None = None,
+    ) -> JobRecord:
+        """Write a job back and update its member's summary when it ends.
+
+        With ``lease_token`` the write only succeeds while the caller still
+        holds the job's lease (job RUNNING, same token); otherwise it raises
+        ``UnsafeUpdateError`` and changes nothing.
+        """
+
+    @abc.abstractmethod
+    def delete_job(self, experiment: str, job_id: str) -> None:
+        """Delete one job; ``NotFoundError`` if absent."""
+
+    # -- scheduling --------------------------------------------------------
+    @abc.abstractmethod
+    def claim_job(self, experiment: str, lease_seconds: float) -> Claim:
+        """Atomically decide and claim the next job (status RUNNING, leased)."""
+
+    @abc.abstractmethod
+    def renew_lease(
+        self, experiment: str, job_id: str, lease_token: str, lease_seconds: float
+    ) -> bool:
+        """Extend a held lease; False when it was lost (expired and taken)."""
+
+    @abc.abstractmethod
+    def get_members(self, experiment: str) -> list[MemberRecord]:
+        """The population summary (empty for experiments without members)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
+        """Release connections."""

@@ -1,0 +1,891 @@
+"""SQL storage on SQLAlchemy Core: SQLite (embedded default), PostgreSQL, MySQL.
+
+Every method is one transaction run by :meth:`SQLStorage._run`, which also
+translates driver errors into schedy errors and retries the whole transaction
+when the database reports lock contention (SQLite ``database is locked``,
+PostgreSQL deadlocks or serialization failures) — so contention never reaches
+the user.
+
+Serialization: every write locks the experiment's row first (``SELECT … FOR
+UPDATE`` on PostgreSQL/MySQL; on SQLite every write transaction is ``BEGIN
+IMMEDIATE``, which takes the database write lock up front instead of failing
+on upgrade). Claims for one experiment are therefore strictly ordered and no
+job can be handed out twice.
+
+Scheduling cost stays flat: a claim reads the experiment row, the running jobs
+(to expire leases), the oldest queued job, the population summary and at most
+two jobs by primary key — never the job history.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+
+from .. import _values
+from .._scheduling import (
+    CreateJob,
+    Decision,
+    EndMember,
+    Exhausted,
+    SchedulingState,
+    TakeQueued,
+    Wait,
+)
+from ..errors import (
+    NotFoundError,
+    ResourceExistsError,
+    SchemaVersionError,
+    StorageError,
+    UnsafeUpdateError,
+)
+from ._base import (
+    CRASHED,
+    DONE,
+    EXPERIMENT_DONE,
+    EXPERIMENT_STATUSES,
+    JOB_STATUSES,
+    PRUNED,
+    QUEUED,
+    RUNNING,
+    Claim,
+    ExperimentRecord,
+    JobRecord,
+    JobUpdate,
+    MemberRecord,
+    Storage,
+)
+
+if TYPE_CHECKING:
+    from ..experiments import Experiment
+
+T = TypeVar("T")
+
+#: Bump when the schema changes, and add a migration to ``_MIGRATIONS``.
+SCHEMA_VERSION = 1
+
+#: Total time a transaction may keep retrying on lock contention.
+_CONTENTION_BUDGET_S = 300.0
+
+_metadata = sa.MetaData()
+
+_meta = sa.Table(
+    "schedy_meta",
+    _metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+_experiments = sa.Table(
+    "schedy_experiments",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),
+    # Number of claims so far: seeds the RNG of seeded experiments and orders
+    # ready members, without a second counter to maintain.
+    sa.Column("claims", sa.Integer, nullable=False, default=0),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+_jobs = sa.Table(
+    "schedy_jobs",
+    _metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(32), nullable=False, unique=True),
+    sa.Column("experiment_id", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("hyperparameters", sa.Text, nullable=False),
+    sa.Column("results", sa.Text, nullable=False),
+    sa.Column("member", sa.Integer),
+    sa.Column("generation", sa.Integer),
+    sa.Column("parent_id", sa.String(32)),
+    sa.Column("exploited_from", sa.String(32)),
+    sa.Column("error", sa.Text),
+    sa.Column("lease_token", sa.String(64)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # Claims look up the oldest QUEUED and all RUNNING jobs of one experiment:
+    # this index makes both a range scan whatever the history length.
+    sa.Index("ix_schedy_jobs_exp_status_seq", "experiment_id", "status", "seq"),
+)
+
+_members = sa.Table(
+    "schedy_members",
+    _metadata,
+    sa.Column("experiment_id", sa.Integer, primary_key=True),
+    sa.Column("idx", sa.Integer, primary_key=True),
+    sa.Column("head_id", sa.String(32)),
+    sa.Column("head_generation", sa.Integer),
+    sa.Column("score", sa.Float),
+    sa.Column("busy_id", sa.String(32)),
+    sa.Column("last_id", sa.String(32)),
+    sa.Column("crashes", sa.Integer, nullable=False, default=0),
+    sa.Column("ended", sa.Boolean, nullable=False, default=False),
+    sa.Column("ready_seq", sa.Integer, nullable=False, default=0),
+)
+
+#: version -> function upgrading a store from ``version - 1`` (none yet).
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _new_job_id() -> str:
+    """10 base62 characters (~59 bits): short like the original ids, never starting with '-'."""
+    number = int.from_bytes(secrets.token_bytes(8), "big")
+    chars = []
+    for _ in range(10):
+        number, digit = divmod(number, 62)
+        chars.append(_ALPHABET[digit])
+    return "".join(chars)
+
+
+def _is_contention(error: DBAPIError) -> bool:
+    """Lock contention worth retrying, as opposed to a real failure."""
+    text = str(error.orig).lower() if error.orig is not None else str(error).lower()
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    if sqlstate in ("40001", "40P01", "55P03"):  # serialization, deadlock, lock not available
+        return True
+    return "database is locked" in text or "database table is locked" in text or "busy" in text
+
+
+class SQLStorage(Storage):
+    """Storage on any SQLAlchemy URL. See the module docstring."""
+
+    def __init__(self, url: str, *, echo: bool = False, **engine_options: Any) -> None:
+        self.url = url
+        try:
+            parsed = sa.engine.make_url(url)
+        except sa.exc.ArgumentError as error:
+            raise ValueError(f"invalid database URL {url!r}: {error}") from None
+        self._dialect = parsed.get_backend_name()
+        self._is_sqlite = self._dialect == "sqlite"
+        self._experiment_cache: dict[tuple[str, str, str], Experiment] = {}
+        self._cache_lock = threading.Lock()
+        if self._is_sqlite:
+            self._engine = self._sqlite_engine(parsed, echo, engine_options)
+        else:
+            options: dict[str, Any] = {"pool_pre_ping": True}
+            options.update(engine_options)
+            try:
+                self._engine = sa.create_engine(parsed, echo=echo, **options)
+            except ModuleNotFoundError as error:
+                raise StorageError(
+                    f"the driver for {parsed.drivername} is not installed ({error}); "
+                    "for PostgreSQL install it with: pip install 'schedy[postgres]'"
+                ) from None
+        if hasattr(os, "register_at_fork"):
+            # A forked worker must not reuse the parent's connections.
+            os.register_at_fork(after_in_child=self._after_fork)
+        self._ensure_schema()
+
+    # -- engine setup ------------------------------------------------------
+    @staticmethod
+    def _sqlite_engine(parsed: sa.URL, echo: bool, options: dict[str, Any]) -> Engine:
+        database = parsed.database or ""
+        in_memory = database in ("", ":memory:")
+        if not in_memory:
+            directory = os.path.dirname(os.path.abspath(database))
+            if not os.path.isdir(directory):
+                raise StorageError(
+                    f"cannot open SQLite database {database!r}: folder {directory!r} does "
+                    "not exist; create it or pick another path."
+                )
+        engine_kwargs: dict[str, Any] = {
+            # Connections move between the worker and its heartbeat thread.
+            "connect_args": {"check_same_thread": False, "timeout": 60},
+        }
+        if in_memory:
+            engine_kwargs["poolclass"] = sa.pool.StaticPool
+        engine_kwargs.update(options)
+        engine = sa.create_engine(parsed, echo=echo, **engine_kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Let us issue BEGIN ourselves (pysqlite would defer it and then
+            # fail to upgrade a read lock under contention).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA busy_timeout = 60000")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # WAL + NORMAL: durable across process crashes, no fsync per commit.
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            if connection.get_execution_options().get("schedy_read_only"):
+                connection.exec_driver_sql("BEGIN")
+            else:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+
+    def _after_fork(self) -> None:
+        self._engine.dispose(close=False)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # -- transactions ------------------------------------------------------
+    @contextmanager
+    def _connect(self, write: bool) -> Iterator[Connection]:
+        connection = self._engine.connect()
+        if not write:
+            connection = connection.execution_options(schedy_read_only=True)
+        try:
+            with connection.begin():
+                yield connection
+        finally:
+            connection.close()
+
+    def _run(self, body: Callable[[Connection], T], write: bool = True) -> T:
+        """Run ``body`` in one transaction, retrying it on lock contention."""
+        deadline = time.monotonic() + _CONTENTION_BUDGET_S
+        delay = 0.002
+        while True:
+            try:
+                with self._connect(write) as connection:
+                    return body(connection)
+            except DBAPIError as error:
+                if isinstance(error, OperationalError | DBAPIError) and _is_contention(error):
+                    if time.monotonic() < deadline:
+                        time.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+                        delay = min(delay * 2, 0.25)
+                        continue
+                    raise StorageError(
+                        f"{self._safe_url()} stayed locked for {_CONTENTION_BUDGET_S:.0f}s; "
+                        "another process holds a long transaction. Nothing was written."
+                    ) from error
+                if isinstance(error, IntegrityError):
+                    raise
+                raise StorageError(
+                    f"database error on {self._safe_url()}: {error.orig or error}. "
+                    "Check that the database is running and the URL is right; "
+                    "nothing was written."
+                ) from error
+            except SQLAlchemyError as error:
+                raise StorageError(f"database error on {self._safe_url()}: {error}") from error
+
+    def _safe_url(self) -> str:
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except SQLAlchemyError:
+            return "the database"
+
+    def _now(self, connection: Connection) -> float:
+        """Lease clock: the database server's on PostgreSQL, so machines can disagree."""
+        if self._dialect == "postgresql":
+            value = connection.exec_driver_sql(
+                "SELECT extract(epoch from clock_timestamp())"
+            ).scalar_one()
+            return float(value)
+        return time.time()
+
+    # -- schema ------------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        def read_version(connection: Connection) -> int | None:
+            if not sa.inspect(connection).has_table("schedy_meta"):
+                return None
+            value = connection.execute(
+                sa.select(_meta.c.value).where(_meta.c.key == "schema_version")
+            ).scalar_one_or_none()
+            return None if value is None else int(value)
+
+        version = self._run(read_version, write=False)
+        if version == SCHEMA_VERSION:
+            return
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"{self._safe_url()} was written by a newer schedy (schema {version}, this "
+                f"schedy knows {SCHEMA_VERSION}); upgrade schedy: pip install -U schedy"
+            )
+
+        def create_or_migrate(connection: Connection) -> None:
+            if self._dialect == "postgresql":
+                # Serialize concurrent first opens of an empty database.
+                connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7315539)")
+            current = read_version(connection)
+            if current is None:
+                _metadata.create_all(connection, checkfirst=True)
+                connection.execute(
+                    sa.insert(_meta).values(key="schema_version", value=str(SCHEMA_VERSION))
+                )
+                return
+            for target in range(current + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[target](connection)
+            connection.execute(
+                sa.update(_meta)
+                .where(_meta.c.key == "schema_version")
+                .values(value=str(SCHEMA_VERSION))
+            )
+
+        self._run(create_or_migrate)
+
+    # -- helpers -----------------------------------------------------------
+    def _experiment_row(self, connection: Connection, name: str, lock: bool) -> Row[Any]:
+        query = sa.select(_experiments).where(_experiments.c.name == name)
+        if lock and not self._is_sqlite:
+            query = query.with_for_update()
+        row = connection.execute(query).first()
+        if row is None:
+            raise NotFoundError(
+                f"no experiment named {name!r} in {self._safe_url()}; "
+                "list them with `schedy list` or create it with db.add_experiment()."
+            )
+        return row
+
+    def _experiment_object(self, row: Row[Any]) -> Experiment:
+        """Parse an experiment's config once per (name, kind, config) and reuse it."""
+        key = (row.name, row.kind, row.config)
+        cached = self._experiment_cache.get(key)
+        if cached is not None:
+            return cached
+        from ..experiments import _experiment_from_record
+
+        experiment = _experiment_from_record(self._experiment_record(row))
+        with self._cache_lock:
+            if len(self._experiment_cache) > 256:
+                self._experiment_cache.clear()
+            self._experiment_cache[key] = experiment
+        return experiment
+
+    @staticmethod
+    def _experiment_record(row: Row[Any]) -> ExperimentRecord:
+        return ExperimentRecord(
+            name=row.name, kind=row.kind, status=row.status, config=_values.loads(row.config)
+        )
+
+    @staticmethod
+    def _job_record(row: Row[Any], experiment: str, with_token: bool = False) -> JobRecord:
+        return JobRecord(
+            id=row.id,
+            experiment=experiment,
+            status=row.status,
+            hyperparameters=_values.loads(row.hyperparameters),
+            results=_values.loads(row.results),
+            member=row.member,
+            generation=row.generation,
+            parent_id=row.parent_id,
+            exploited_from=row.exploited_from,
+            error=row.error,
+            lease_token=row.lease_token if with_token else None,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    @staticmethod
+    def _member_record(row: Row[Any]) -> MemberRecord:
+        return MemberRecord(
+            index=row.idx,
+            head_id=row.head_id,
+            head_generation=row.head_generation,
+            score=row.score,
+            busy_id=row.busy_id,
+            last_id=row.last_id,
+            crashes=row.crashes,
+            ended=bool(row.ended),
+            ready_seq=row.ready_seq,
+        )
+
+    def _job_row(
+        self, connection: Connection, experiment_id: int, name: str, job_id: str
+    ) -> Row[Any]:
+        row = connection.execute(
+            sa.select(_jobs).where(_jobs.c.id == job_id, _jobs.c.experiment_id == experiment_id)
+        ).first()
+        if row is None:
+            raise NotFoundError(
+                f"experiment {name!r} has no job {job_id!r}; "
+                f"list its jobs with `schedy list {name!r}`."
+            )
+        return row
+
+    def _insert_job(self, connection: Connection, values: dict[str, Any]) -> str:
+        """Insert a job under a fresh id (retrying the astronomically rare clash)."""
+        for _ in range(5):
+            job_id = _new_job_id()
+            exists = connection.execute(sa.select(_jobs.c.seq).where(_jobs.c.id == job_id)).first()
+            if exists is None:
+                connection.execute(sa.insert(_jobs).values(id=job_id, **values))
+                return job_id
+        raise StorageError("could not generate a unique job id")  # pragma: no cover
+
+    # -- experiments -------------------------------------------------------
+    def create_experiment(self, record: ExperimentRecord) -> None:
+        config = _values.dumps(_values.normalize(record.config, "experiment config"))
+
+        def body(connection: Connection) -> None:
+            exists = connection.execute(
+                sa.select(_experiments.c.id).where(_experiments.c.name == record.name)
+            ).first()
+            if exists is not None:
+                raise ResourceExistsError(
+                    f"an experiment named {record.name!r} already exists in {self._safe_url()}; "
+                    "use db.get_experiment() to reuse it, or delete it first "
+                    f"(`schedy rm {record.name!r}`)."
+                )
+            connection.execute(
+                sa.insert(_experiments).values(
+                    name=record.name,
+                    kind=record.kind,
+                    status=record.status,
+                    config=config,
+                    claims=0,
+                    created_at=time.time(),
+                )
+            )
+
+        try:
+            self._run(body)
+        except IntegrityError:
+            raise ResourceExistsError(
+                f"an experiment named {record.name!r} already exists in {self._safe_url()}."
+            ) from None
+
+    def get_experiment(self, name: str) -> ExperimentRecord:
+        return self._run(
+            lambda c: self._experiment_record(self._experiment_row(c, name, False)), write=False
+        )
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        def body(connection: Connection) -> list[ExperimentRecord]:
+            rows = connection.execute(sa.select(_experiments).order_by(_experiments.c.id))
+            return [self._experiment_record(row) for row in rows]
+
+        return self._run(body, write=False)
+
+    def update_experiment(self, name: str, status: str, config: dict[str, Any]) -> None:
+        if status not in EXPERIMENT_STATUSES:
+            raise ValueError(
+                f"experiment status must be one of {EXPERIMENT_STATUSES}, not {status!r}"
+            )
+        text = _values.dumps(_values.normalize(config, "experiment config"))
+
+        def body(connection: Connection) -> None:
+            row = self._experiment_row(connection, name, True)
+            connection.execute(
+                sa.update(_experiments)
+                .where(_experiments.c.id == row.id)
+                .values(status=status, config=text)
+            )
+
+        self._run(body)
+
+    def delete_experiment(self, name: str) -> None:
+        def body(connection: Connection) -> None:
+            row = self._experiment_row(connection, name, True)
+            connection.execute(sa.delete(_jobs).where(_jobs.c.experiment_id == row.id))
+            connection.execute(sa.delete(_members).where(_members.c.experiment_id == row.id))
+            connection.execute(sa.delete(_experiments).where(_experiments.c.id == row.id))
+
+        self._run(body)
+
+    # -- jobs --------------------------------------------------------------
+    def add_job(
+        self,
+        experiment: str,
+        status: str,
+        hyperparameters: dict[str, Any],
+        results: dict[str, Any],
+    ) -> JobRecord:
+        if status not in JOB_STATUSES:
+            raise ValueError(f"job status must be one of {', '.join(JOB_STATUSES)}, not {status!r}")
+        hyperparameters = _values.normalize_mapping(hyperparameters, "hyperparameters")
+        results = _values.normalize_mapping(results, "results")
+        hp_text, results_text = _values.dumps(hyperparameters), _values.dumps(results)
+
+        def body(connection: Connection) -> JobRecord:
+            row = self._experiment_row(connection, experiment, True)
+            self._experiment_object(row)._check_new_job(hyperparameters)
+            now = time.time()
+            job_id = self._insert_job(
+                connection,
+                dict(
+                    experiment_id=row.id,
+                    status=status,
+                    hyperparameters=hp_text,
+                    results=results_text,
+                    created_at=now,
+                    updated_at=now,
+                ),
+            )
+            return JobRecord(
+                id=job_id,
+                experiment=experiment,
+                status=status,
+                hyperparameters=hyperparameters,
+                results=results,
+                created_at=now,
+                updated_at=now,
+            )
+
+        return self._run(body)
+
+    def get_job(self, experiment: str, job_id: str) -> JobRecord:
+        def body(connection: Connection) -> JobRecord:
+            row = self._experiment_row(connection, experiment, False)
+            return self._job_record(
+                self._job_row(connection, row.id, experiment, job_id), experiment
+            )
+
+        return self._run(body, write=False)
+
+    def list_jobs(
+        self, experiment: str, *, after: str | None = None, limit: int = 1000
+    ) -> list[JobRecord]:
+        def body(connection: Connection) -> list[JobRecord]:
+            row = self._experiment_row(connection, experiment, False)
+            query = sa.select(_jobs).where(_jobs.c.experiment_id == row.id)
+            if after is not None:
+                seq = connection.execute(
+                    sa.select(_jobs.c.seq).where(_jobs.c.id == after)
+                ).scalar_one_or_none()
+                if seq is None:
+                    raise NotFoundError(f"experiment {experiment!r} has no job {after!r}")
+                query = query.where(_jobs.c.seq > seq)
+            rows = connection.execute(query.order_by(_jobs.c.seq).limit(limit))
+            return [self._job_record(job, experiment) for job in rows]
+
+        return self._run(body, write=False)
+
+    def update_job(
+        self,
+        experiment: str,
+        job_id: str,
+        update: JobUpdate,
+        lease_token: str | None = None,
+    ) -> JobRecord:
+        if update.status is not None and update.status not in JOB_STATUSES:
+            raise ValueError(
+                f"job status must be one of {', '.join(JOB_STATUSES)}, not {update.status!r}"
+            )
+        # Normalize before the transaction: an unstorable value writes nothing.
+        values: dict[str, Any] = {}
+        if update.hyperparameters is not None:
+            values["hyperparameters"] = _values.dumps(
+                _values.normalize_mapping(update.hyperparameters, "hyperparameters")
+            )
+        if update.results is not None:
+            values["results"] = _values.dumps(_values.normalize_mapping(update.results, "results"))
+        if update.error is not None:
+            values["error"] = update.error
+
+        def body(connection: Connection) -> JobRecord:
+            exp_row = self._experiment_row(connection, experiment, True)
+            row = self._job_row(connection, exp_row.id, experiment, job_id)
+            if lease_token is not None and (
+                row.status != RUNNING or row.lease_token != lease_token
+            ):
+                raise UnsafeUpdateError(
+                    f"job {job_id} of {experiment!r} is no longer yours: it is {row.status} "
+                    f"({row.error or 'taken over by another writer'}). Its lease expired because "
+                    "no heartbeat reached the store in time; another worker carries on its "
+                    "population member. Nothing was written."
+                )
+            now = self._now(connection)
+            new_values = dict(values, updated_at=now)
+            status = update.status or row.status
+            new_values["status"] = status
+            if status != RUNNING:
+                new_values["lease_token"] = None
+                new_values["lease_expires_at"] = None
+            connection.execute(sa.update(_jobs).where(_jobs.c.seq == row.seq).values(**new_values))
+            if (
+                row.member is not None
+                and status != row.status
+                and status in (DONE, CRASHED, PRUNED)
+            ):
+                results = (
+                    _values.loads(new_values["results"])
+                    if "results" in new_values
+                    else _values.loads(row.results)
+                )
+                self._job_ended(
+                    connection, exp_row, row.id, row.member, row.generation, status, results
+                )
+            return self._job_record(
+                self._job_row(connection, exp_row.id, experiment, job_id), experiment
+            )
+
+        return self._run(body)
+
+    def _job_ended(
+        self,
+        connection: Connection,
+        exp_row: Row[Any],
+        job_id: str,
+        member: int,
+        generation: int | None,
+        status: str,
+        results: dict[str, Any],
+    ) -> None:
+        """Fold a member's ended job into the population summary."""
+        member_row = connection.execute(
+            sa.select(_members).where(
+                _members.c.experiment_id == exp_row.id, _members.c.idx == member
+            )
+        ).first()
+        if member_row is None or member_row.busy_id != job_id:
+            return  # a stale job of this member: the summary has moved on
+        experiment = self._experiment_object(exp_row)
+        changes: dict[str, Any] = {"busy_id": None, "ready_seq": exp_row.claims}
+        if status == DONE:
+            changes.update(
+                head_id=job_id,
+                head_generation=generation,
+                score=experiment._score(results),
+                crashes=0,
+                ended=experiment._is_final_generation(generation),
+            )
+        elif status == CRASHED:
+            changes["crashes"] = member_row.crashes + 1
+        else:  # PRUNED: abandoned on purpose
+            changes["ended"] = True
+        connection.execute(
+            sa.update(_members)
+            .where(_members.c.experiment_id == exp_row.id, _members.c.idx == member)
+            .values(**changes)
+        )
+
+    def delete_job(self, experiment: str, job_id: str) -> None:
+        def body(connection: Connection) -> None:
+            exp_row = self._experiment_row(connection, experiment, True)
+            row = self._job_row(connection, exp_row.id, experiment, job_id)
+            connection.execute(sa.delete(_jobs).where(_jobs.c.seq == row.seq))
+            if row.member is None:
+                return
+            member = _members.c
+            where = (member.experiment_id == exp_row.id, member.idx == row.member)
+            # A deleted job must not stay a member's resume point or busy marker.
+            connection.execute(
+                sa.update(_members).where(*where, member.busy_id == job_id).values(busy_id=None)
+            )
+            connection.execute(
+                sa.update(_members)
+                .where(*where, member.head_id == job_id)
+                .values(head_id=None, head_generation=None, score=None)
+            )
+            connection.execute(
+                sa.update(_members).where(*where, member.last_id == job_id).values(last_id=None)
+            )
+
+        self._run(body)
+
+    # -- scheduling --------------------------------------------------------
+    def claim_job(self, experiment: str, lease_seconds: float) -> Claim:
+        if not lease_seconds > 0:
+            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        return self._run(lambda connection: self._claim(connection, experiment, lease_seconds))
+
+    def _claim(self, connection: Connection, name: str, lease_seconds: float) -> Claim:
+        exp_row = self._experiment_row(connection, name, True)
+        now = self._now(connection)
+        self._expire_leases(connection, exp_row, now)
+        if exp_row.status == EXPERIMENT_DONE:
+            return Claim(None, reason=f"experiment {name!r} is DONE")
+        experiment = self._experiment_object(exp_row)
+        jobs = _jobs.c
+        queued_row = connection.execute(
+            sa.select(_jobs)
+            .where(jobs.experiment_id == exp_row.id, jobs.status == QUEUED)
+            .order_by(jobs.seq)
+            .limit(1)
+        ).first()
+        members = [
+            self._member_record(row)
+            for row in connection.execute(
+                sa.select(_members)
+                .where(_members.c.experiment_id == exp_row.id)
+                .order_by(_members.c.idx)
+            )
+        ]
+        running = connection.execute(
+            sa.select(sa.func.count())
+            .select_from(_jobs)
+            .where(jobs.experiment_id == exp_row.id, jobs.status == RUNNING)
+        ).scalar_one()
+
+        def load_job(job_id: str) -> JobRecord:
+            return self._job_record(self._job_row(connection, exp_row.id, name, job_id), name)
+
+        state = SchedulingState(
+            queued=None if queued_row is None else self._job_record(queued_row, name),
+            members=members,
+            running=running,
+            load_job=load_job,
+            rng=experiment._rng(exp_row.claims),
+        )
+        connection.execute(
+            sa.update(_experiments)
+            .where(_experiments.c.id == exp_row.id)
+            .values(claims=exp_row.claims + 1)
+        )
+        decision: Decision = experiment._decide(state)
+        # Retiring a hopeless member changes the state: decide again (bounded).
+        for _ in range(len(members) + 1):
+            if not isinstance(decision, EndMember):
+                break
+            self._end_member(connection, exp_row.id, decision.member, decision.reason)
+            for member in state.members:
+                if member.index == decision.member:
+                    member.ended = True
+            decision = experiment._decide(state)
+        return self._apply(connection, exp_row, name, decision, now, lease_seconds)
+
+    def _end_member(
+        self, connection: Connection, experiment_id: int, index: int, reason: str
+    ) -> None:
+        connection.execute(
+            sa.update(_members)
+            .where(_members.c.experiment_id == experiment_id, _members.c.idx == index)
+            .values(ended=True)
+        )
+
+    def _expire_leases(self, connection: Connection, exp_row: Row[Any], now: float) -> None:
+        """Mark RUNNING jobs whose worker stopped heartbeating CRASHED."""
+        jobs = _jobs.c
+        expired = connection.execute(
+            sa.select(jobs.seq, jobs.id, jobs.member, jobs.generation, jobs.lease_expires_at).where(
+                jobs.experiment_id == exp_row.id,
+                jobs.status == RUNNING,
+                jobs.lease_expires_at < now,
+            )
+        ).all()
+        for row in expired:
+            late = now - row.lease_expires_at
+            connection.execute(
+                sa.update(_jobs)
+                .where(jobs.seq == row.seq)
+                .values(
+                    status=CRASHED,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    error=f"lease expired {late:.1f}s ago: the worker stopped heartbeating "
+                    "(killed, hung or lost its machine)",
+                )
+            )
+            if row.member is not None:
+                self._job_ended(
+                    connection, exp_row, row.id, row.member, row.generation, CRASHED, {}
+                )
+
+    def _apply(
+        self,
+        connection: Connection,
+        exp_row: Row[Any],
+        name: str,
+        decision: Decision,
+        now: float,
+        lease_seconds: float,
+    ) -> Claim:
+        if isinstance(decision, Wait):
+            return Claim(None, wait=True, reason=decision.reason)
+        if isinstance(decision, Exhausted):
+            if decision.finish:
+                connection.execute(
+                    sa.update(_experiments)
+                    .where(_experiments.c.id == exp_row.id)
+                    .values(status=EXPERIMENT_DONE)
+                )
+            return Claim(None, reason=decision.reason)
+        token = secrets.token_hex(16)
+        lease = dict(
+            status=RUNNING, lease_token=token, lease_expires_at=now + lease_seconds, updated_at=now
+        )
+        if isinstance(decision, TakeQueued):
+            job_id = decision.job_id
+            connection.execute(
+                sa.update(_jobs)
+                .where(_jobs.c.id == job_id)
+                .values(member=decision.member, generation=decision.generation, **lease)
+            )
+            member = decision.member
+        elif isinstance(decision, CreateJob):
+            hyperparameters = _values.normalize_mapping(decision.hyperparameters, "hyperparameters")
+            results = _values.normalize_mapping(decision.results, "results")
+            job_id = self._insert_job(
+                connection,
+                dict(
+                    experiment_id=exp_row.id,
+                    hyperparameters=_values.dumps(hyperparameters),
+                    results=_values.dumps(results),
+                    member=decision.member,
+                    generation=decision.generation,
+                    parent_id=decision.parent_id,
+                    exploited_from=decision.exploited_from,
+                    created_at=now,
+                    **lease,
+                ),
+            )
+            member = decision.member
+        else:  # pragma: no cover - EndMember is resolved by the caller
+            raise AssertionError(f"unexpected decision {decision!r}")
+        if member is not None:
+            self._mark_member_busy(connection, exp_row.id, member, job_id)
+        row = self._job_row(connection, exp_row.id, name, job_id)
+        return Claim(self._job_record(row, name, with_token=True))
+
+    def _mark_member_busy(
+        self, connection: Connection, experiment_id: int, index: int, job_id: str
+    ) -> None:
+        updated = connection.execute(
+            sa.update(_members)
+            .where(_members.c.experiment_id == experiment_id, _members.c.idx == index)
+            .values(busy_id=job_id, last_id=job_id)
+        ).rowcount
+        if not updated:
+            connection.execute(
+                sa.insert(_members).values(
+                    experiment_id=experiment_id,
+                    idx=index,
+                    busy_id=job_id,
+                    last_id=job_id,
+                    crashes=0,
+                    ended=False,
+                    ready_seq=0,
+                )
+            )
+
+    def renew_lease(
+        self, experiment: str, job_id: str, lease_token: str, lease_seconds: float
+    ) -> bool:
+        def body(connection: Connection) -> bool:
+            jobs = _jobs.c
+            now = self._now(connection)
+            updated = connection.execute(
+                sa.update(_jobs)
+                .where(jobs.id == job_id, jobs.status == RUNNING, jobs.lease_token == lease_token)
+                .values(lease_expires_at=now + lease_seconds)
+            ).rowcount
+            return bool(updated)
+
+        return self._run(body)
+
+    def get_members(self, experiment: str) -> list[MemberRecord]:
+        def body(connection: Connection) -> list[MemberRecord]:
+            row = self._experiment_row(connection, experiment, False)
+            rows = connection.execute(
+                sa.select(_members)
+                .where(_members.c.experiment_id == row.id)
+                .order_by(_members.c.idx)
+            )
+            return [self._member_record(member) for member in rows]
+
+        return self._run(body, write=False)

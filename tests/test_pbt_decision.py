@@ -1,0 +1,246 @@
+"""Table-driven tests of the pure PBT scheduling decision (no storage)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+import schedy
+from schedy._scheduling import CreateJob, EndMember, Exhausted, SchedulingState, TakeQueued, Wait
+from schedy.storage._base import JobRecord, MemberRecord
+
+
+def _experiment(**kwargs: object) -> schedy.PopulationBasedTraining:
+    options: dict[str, object] = dict(
+        exploit=schedy.pbt.Truncate(0.25),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={
+            "lr": schedy.random.Uniform(0.1, 1.0),
+            "layers": schedy.random.Constant(2),
+        },
+        population_size=4,
+    )
+    options.update(kwargs)
+    objective = options.pop("objective", schedy.pbt.MAXIMIZE)
+    return schedy.PopulationBasedTraining("e", objective, "acc", **options)  # type: ignore[arg-type]
+
+
+def _members(
+    scores: list[float | None], busy: set[int] = frozenset(), **extra: object
+) -> list[MemberRecord]:
+    return [
+        MemberRecord(
+            index=i,
+            head_id=f"h{i}",
+            head_generation=3,
+            score=score,
+            busy_id=f"b{i}" if i in busy else None,
+            last_id=f"h{i}",
+            ready_seq=i,
+            **extra,  # type: ignore[arg-type]
+        )
+        for i, score in enumerate(scores)
+    ]
+
+
+def _jobs(count: int) -> dict[str, JobRecord]:
+    return {
+        f"h{i}": JobRecord(
+            id=f"h{i}",
+            experiment="e",
+            status="DONE",
+            hyperparameters={"lr": 0.1 * (i + 1), "layers": 2},
+            results={"acc": 0.0, "model_path": f"ckpt/h{i}"},
+            member=i,
+            generation=3,
+        )
+        for i in range(count)
+    }
+
+
+def _state(
+    members: list[MemberRecord], seed: int = 0, queued: JobRecord | None = None
+) -> SchedulingState:
+    jobs = _jobs(len(members))
+    return SchedulingState(
+        queued=queued,
+        members=members,
+        running=0,
+        load_job=jobs.__getitem__,
+        rng=random.Random(seed),
+    )
+
+
+def test_creates_members_until_population_size() -> None:
+    decision = _experiment()._decide(_state(_members([0.5, 0.4])))
+    assert isinstance(decision, CreateJob)
+    assert decision.member == 2 and decision.generation == 0 and decision.parent_id is None
+    assert 0.1 <= decision.hyperparameters["lr"] < 1.0 and decision.hyperparameters["layers"] == 2
+
+
+def test_queued_job_comes_first_as_new_member() -> None:
+    queued = JobRecord(
+        id="q", experiment="e", status="QUEUED", hyperparameters={"lr": 1.0}, results={}
+    )
+    decision = _experiment()._decide(_state(_members([0.5] * 4), queued=queued))
+    assert decision == TakeQueued("q", member=4, generation=0)
+
+
+@pytest.mark.parametrize(
+    ("scores", "ready", "source"),
+    [
+        # member 3 is worst of 4 -> bottom quarter -> copies the top quarter (member 0)
+        ([0.9, 0.5, 0.4, 0.1], 3, "h0"),
+        ([0.9, 0.5, 0.4, 0.1], 0, None),
+        ([0.9, 0.5, 0.4, 0.1], 2, None),
+        ([0.1, 0.4, 0.5, 0.9], 0, "h3"),
+        # missing/NaN scores (None) rank worst
+        ([None, 0.5, 0.4, 0.1], 0, "h1"),
+        ([0.2, None, 0.4, 0.1], 3, None),
+    ],
+)
+def test_truncation_table(scores: list[float | None], ready: int, source: str | None) -> None:
+    exploits = source is not None
+    experiment = _experiment()
+    members = _members(scores, busy={i for i in range(4) if i != ready})
+    decision = experiment._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.member == ready
+    assert (decision.exploited_from is not None) == exploits
+    if exploits:
+        assert decision.exploited_from == source and decision.parent_id == source
+        assert decision.results["model_path"] == f"ckpt/{source}"  # the better checkpoint follows
+        copied = 0.1 * (int(source[1]) + 1)
+        assert decision.hyperparameters["lr"] != pytest.approx(copied)  # explored
+        assert 0.8 * copied <= decision.hyperparameters["lr"] <= 1.2 * copied
+        assert decision.hyperparameters["layers"] == 2  # not explored
+    else:
+        assert decision.parent_id == f"h{ready}"
+        assert decision.hyperparameters == {"lr": pytest.approx(0.1 * (ready + 1)), "layers": 2}
+    assert decision.generation == 4
+
+
+@pytest.mark.parametrize(
+    ("objective", "results", "score"),
+    [
+        (schedy.pbt.MAXIMIZE, {"acc": 0.7}, 0.7),
+        (schedy.pbt.MINIMIZE, {"acc": 0.7}, -0.7),  # stored so that higher is better
+        (schedy.pbt.MAXIMIZE, {"acc": float("nan")}, None),
+        (schedy.pbt.MAXIMIZE, {"acc": "high"}, None),
+        (schedy.pbt.MAXIMIZE, {"acc": True}, None),
+        (schedy.pbt.MAXIMIZE, {}, None),
+        (schedy.pbt.MINIMIZE, {"acc": float("inf")}, float("-inf")),
+    ],
+)
+def test_score_orientation(objective: str, results: dict[str, object], score: float | None) -> None:
+    assert _experiment(objective=objective)._score(results) == score
+
+
+@pytest.mark.parametrize("size", [2, 3, 4])
+def test_small_populations_have_a_bottom_and_a_top(size: int) -> None:
+    scores = [1.0 - i / size for i in range(size)]
+    worst = size - 1
+    members = _members(scores, busy=set(range(worst)))
+    decision = _experiment(population_size=size)._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.exploited_from == "h0"
+
+
+def test_exact_ties_are_broken_at_random() -> None:
+    """A symmetric population still exploits, with every member a possible source."""
+    sources: Counter[str | None] = Counter()
+    for seed in range(200):
+        members = _members([0.5, 0.5, 0.5, 0.5], busy={1, 2, 3})
+        decision = _experiment()._decide(_state(members, seed=seed))
+        assert isinstance(decision, CreateJob)
+        sources[decision.exploited_from] += 1
+    assert sources[None] > 0  # sometimes member 0 is not bottom
+    assert {"h1", "h2", "h3"} <= set(sources)  # and any other member can be the source
+
+
+def test_ready_member_that_waited_longest_goes_first() -> None:
+    members = _members([0.5, 0.6, 0.7, 0.8])
+    for member, seq in zip(members, [5, 2, 9, 7]):
+        member.ready_seq = seq
+    decision = _experiment()._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.member == 1
+
+
+def test_all_busy_waits_and_all_ended_finishes() -> None:
+    assert isinstance(_experiment()._decide(_state(_members([0.1] * 4, busy={0, 1, 2, 3}))), Wait)
+    decision = _experiment()._decide(_state(_members([0.1] * 4, ended=True)))
+    assert isinstance(decision, Exhausted) and decision.finish
+
+
+def test_empty_population_without_distributions_is_exhausted() -> None:
+    experiment = schedy.PopulationBasedTraining("e", "max", "acc", schedy.pbt.Truncate())
+    decision = experiment._decide(_state([]))
+    assert isinstance(decision, Exhausted) and "add_job" in decision.reason
+
+
+@pytest.mark.parametrize(("crashes", "source"), [(0, None), (2, None), (3, "h1")])
+def test_crashing_top_member_copies_the_best_other(crashes: int, source: str | None) -> None:
+    members = _members([0.9, 0.8, 0.7, 0.6], busy={1, 2, 3})
+    members[0].crashes = crashes
+    decision = _experiment()._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.member == 0
+    assert decision.exploited_from == source
+
+
+def test_crashing_member_copies_the_best_other_member() -> None:
+    members = _members([0.9, 0.8, 0.7, 0.6], busy={0, 2, 3})
+    members[1].crashes = 3
+    decision = _experiment()._decide(_state(members))
+    assert (
+        isinstance(decision, CreateJob) and decision.member == 1 and decision.exploited_from == "h0"
+    )
+
+
+def test_member_without_good_job_retries_or_is_retired() -> None:
+    retry = MemberRecord(index=0, last_id="h0", crashes=1)
+    decision = _experiment(population_size=1)._decide(_state([retry]))
+    assert isinstance(decision, CreateJob) and decision.hyperparameters["lr"] == pytest.approx(0.1)
+    hopeless = MemberRecord(index=0, last_id="h0", crashes=3)
+    no_dists = schedy.PopulationBasedTraining(
+        "e", "max", "acc", schedy.pbt.Truncate(), population_size=1
+    )
+    assert isinstance(no_dists._decide(_state([hopeless])), EndMember)
+    fresh = _experiment(population_size=1)._decide(_state([hopeless]))
+    assert isinstance(fresh, CreateJob) and fresh.generation == 0 and fresh.parent_id is None
+
+
+def test_seeded_decisions_are_reproducible() -> None:
+    experiment = _experiment(seed=7)
+    first = experiment._decide(
+        _state([], seed=0)
+        if False
+        else SchedulingState(None, [], 0, {}.__getitem__, experiment._rng(3))
+    )
+    second = experiment._decide(SchedulingState(None, [], 0, {}.__getitem__, experiment._rng(3)))
+    assert first == second
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(objective="up"), ValueError, "MINIMIZE or schedy.pbt.MAXIMIZE"),
+        (dict(exploit=0.2), TypeError, "exploit strategy"),
+        (dict(population_size=0), ValueError, "population_size"),
+        (dict(population_size=None), ValueError, "needs population_size"),
+        (dict(max_generations=0), ValueError, "max_generations"),
+        (dict(explore={"momentum": schedy.pbt.Perturb()}), ValueError, "does not define"),
+        (dict(explore={"lr": 0.5}), TypeError, "not an explore strategy"),
+        (dict(initial_distributions={"lr": [1, 2]}), TypeError, "not a distribution"),
+        (dict(seed="x"), TypeError, "seed"),
+    ],
+)
+def test_invalid_pbt_arguments(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        _experiment(**kwargs)
+
+
+def test_truncate_too_large_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        schedy.pbt.Truncate(0.9)

@@ -1,0 +1,419 @@
+"""The storage conformance suite: every backend must pass every test here.
+
+Tests go through the public API (``SchedyDB``, experiments, jobs) so that
+they check what users see; ``store_url`` (conftest) binds them to each
+backend.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+
+import schedy
+from schedy.errors import NoJobError, NotFoundError, ResourceExistsError, UnsafeUpdateError
+
+
+@pytest.fixture
+def db(store_url: str) -> schedy.SchedyDB:
+    handle = schedy.SchedyDB(store_url)
+    yield handle
+    handle.close()
+
+
+def _pbt(
+    name: str = "pbt", population: int = 4, **kwargs: object
+) -> schedy.PopulationBasedTraining:
+    options: dict[str, object] = dict(
+        exploit=schedy.pbt.Truncate(0.25),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.LogUniform(1e-4, 1e-1)},
+        population_size=population,
+        seed=1,
+    )
+    options.update(kwargs)
+    return schedy.PopulationBasedTraining(name, schedy.pbt.MAXIMIZE, "acc", **options)
+
+
+# -- experiments -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        schedy.ManualSearch("manual"),
+        schedy.RandomSearch(
+            "random", {"x": schedy.random.Normal(0, 5), "c": schedy.random.Choice(["a", "b"])}
+        ),
+        _pbt("pbt", max_generations=3),
+    ],
+    ids=["manual", "random", "pbt"],
+)
+def test_experiment_round_trip(db: schedy.SchedyDB, experiment: schedy.Experiment) -> None:
+    db.add_experiment(experiment)
+    again = db.get_experiment(experiment.name)
+    assert type(again) is type(experiment)
+    assert again._config() == experiment._config()
+    assert again.status == schedy.Experiment.RUNNING
+    assert [e.name for e in db.get_experiments()] == [experiment.name]
+
+
+def test_add_existing_experiment_raises(db: schedy.SchedyDB) -> None:
+    db.add_experiment(schedy.ManualSearch("same"))
+    with pytest.raises(ResourceExistsError, match="already exists"):
+        db.add_experiment(schedy.ManualSearch("same"))
+
+
+def test_unknown_experiment_raises(db: schedy.SchedyDB) -> None:
+    with pytest.raises(NotFoundError, match="no experiment named 'nope'"):
+        db.get_experiment("nope")
+
+
+def test_delete_experiment_removes_jobs(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("gone")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    experiment.delete()
+    with pytest.raises(NotFoundError):
+        db.get_experiment("gone")
+    with pytest.raises(NotFoundError):
+        experiment.delete()
+    db.add_experiment(schedy.ManualSearch("gone"))
+    assert list(db.get_experiment("gone").all_jobs()) == []
+
+
+def test_push_updates_done_stops_next_job(db: schedy.SchedyDB) -> None:
+    db.add_experiment(schedy.RandomSearch("r", {"x": schedy.random.Uniform(0, 1)}))
+    experiment = db.get_experiment("r")
+    experiment.status = schedy.Experiment.DONE
+    experiment.push_updates()
+    assert db.get_experiment("r").status == schedy.Experiment.DONE
+    with pytest.raises(NoJobError, match="DONE"):
+        experiment.next_job()
+
+
+# -- jobs --------------------------------------------------------------------
+
+
+def test_manual_queue_fifo_then_no_job(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    first = experiment.add_job(hyperparameters={"x": 1, "y": 2})
+    second = experiment.add_job(hyperparameters={"x": 3, "y": 4})
+    with experiment.next_job() as job:
+        assert job.id == first.id and job.status == schedy.Job.RUNNING
+        job.results["result"] = 5
+    with experiment.next_job() as job:
+        assert job.id == second.id
+    with pytest.raises(NoJobError, match="queue is empty"):
+        experiment.next_job()
+    stored = experiment.get_job(first.id)
+    assert stored.status == schedy.Job.DONE
+    assert stored.results == {"result": 5}
+    assert stored.job_id == stored.id
+
+
+def test_add_job_with_status_and_results(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    job = experiment.add_job(
+        status=schedy.Job.DONE, hyperparameters={"x": 1}, results={"result": 5}
+    )
+    assert experiment.get_job(job.id).results == {"result": 5}
+    with pytest.raises(NoJobError):
+        experiment.next_job()
+
+
+def test_all_jobs_pages_in_creation_order(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    ids = [experiment.add_job(hyperparameters={"i": i}).id for i in range(7)]
+    assert [job.id for job in experiment.all_jobs()] == ids
+    paged = list(db._storage.iter_jobs("m", page_size=3))
+    assert [job.id for job in paged] == ids
+
+
+def test_job_delete_and_not_found(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    job = experiment.add_job(hyperparameters={"x": 1})
+    job.delete()
+    with pytest.raises(NotFoundError, match="has no job"):
+        experiment.get_job(job.id)
+    with pytest.raises(NotFoundError):
+        job.delete()
+
+
+def test_exception_in_with_marks_crashed_and_keeps_results(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(RuntimeError, match="boom"), experiment.next_job() as job:
+        job.results["partial"] = 0.5
+        raise RuntimeError("boom")
+    stored = experiment.get_job(job.id)
+    assert stored.status == schedy.Job.CRASHED
+    assert stored.results == {"partial": 0.5}
+    assert "RuntimeError: boom" in (stored.error or "")
+
+
+def test_keyboard_interrupt_does_not_leave_job_running(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(KeyboardInterrupt), experiment.next_job() as job:
+        raise KeyboardInterrupt
+    assert experiment.get_job(job.id).status == schedy.Job.CRASHED
+
+
+# -- values ------------------------------------------------------------------
+
+
+def test_special_floats_round_trip(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    job = experiment.add_job(
+        hyperparameters={"a": float("inf"), "b": [1, (2, 3)]},
+        results={"loss": float("nan"), "neg": float("-inf"), "nested": {"k": [None, True]}},
+    )
+    stored = experiment.get_job(job.id)
+    assert stored.hyperparameters == {"a": math.inf, "b": [1, [2, 3]]}
+    assert math.isnan(stored.results["loss"])
+    assert stored.results["neg"] == -math.inf
+    assert stored.results["nested"] == {"k": [None, True]}
+
+
+def test_numpy_scalars_are_accepted(db: schedy.SchedyDB) -> None:
+    np = pytest.importorskip("numpy")
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"lr": np.float32(0.5), "n": np.int64(3)})
+    with experiment.next_job() as job:
+        job.results["acc"] = np.float64(0.25)
+        job.results["arr0d"] = np.array(2.0)
+    stored = experiment.get_job(job.id)
+    assert stored.hyperparameters == {"lr": 0.5, "n": 3}
+    assert stored.results == {"acc": 0.25, "arr0d": 2.0}
+    assert type(stored.results["acc"]) is float
+
+
+def test_unstorable_value_names_key_and_writes_nothing(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    with pytest.raises(TypeError, match=r"hyperparameters\['bad'\]"):
+        experiment.add_job(hyperparameters={"ok": 1, "bad": object()})
+    assert list(experiment.all_jobs()) == []
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(TypeError, match=r"results\['model'\]\[1\]"), experiment.next_job() as job:
+        job.results["fine"] = 1.0
+        job.results["model"] = [1, {1, 2}]
+    stored = experiment.get_job(job.id)
+    assert stored.status == schedy.Job.CRASHED
+    assert stored.results == {}  # nothing half-written
+    assert "results['model'][1]" in (stored.error or "")
+
+
+# -- claims and leases -------------------------------------------------------
+
+
+def test_concurrent_claims_are_exclusive(db: schedy.SchedyDB, store_url: str) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    for i in range(40):
+        experiment.add_job(hyperparameters={"i": i})
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        own = schedy.SchedyDB(store_url).get_experiment("m")
+        while True:
+            try:
+                job = own.next_job()
+            except NoJobError:
+                return
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 40
+    assert len(set(claimed)) == 40
+
+
+def test_expired_lease_crashes_job_and_refuses_late_put(db: schedy.SchedyDB) -> None:
+    experiment = db.get_experiment("m") if False else schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    experiment.add_job(hyperparameters={"x": 2})
+    lost = experiment.next_job(lease=0.05)
+    time.sleep(0.1)
+    experiment.next_job()  # the next claim expires the stale lease
+    stored = experiment.get_job(lost.id)
+    assert stored.status == schedy.Job.CRASHED
+    assert "lease expired" in (stored.error or "")
+    lost.results["acc"] = 1.0
+    lost.status = schedy.Job.DONE
+    with pytest.raises(UnsafeUpdateError, match="no longer yours"):
+        lost.put()
+    assert experiment.get_job(lost.id).results == {}
+
+
+def test_heartbeat_keeps_lease_alive(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    experiment.add_job(hyperparameters={"x": 2})
+    with experiment.next_job(lease=0.3) as job:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # several lease lengths
+            time.sleep(0.05)
+        experiment.next_job()  # would expire the job without heartbeats
+        job.results["acc"] = 1.0
+    assert experiment.get_job(job.id).status == schedy.Job.DONE
+
+
+def test_renew_lease_reports_a_lost_lease(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    job = experiment.next_job()
+    assert job._lease_token is not None
+    assert db._storage.renew_lease("m", job.id, job._lease_token, 10)
+    assert not db._storage.renew_lease("m", job.id, "not-the-token", 10)
+
+
+# -- PBT ---------------------------------------------------------------------
+
+
+def _finish(job: schedy.Job, acc: float) -> None:
+    job.results["acc"] = acc
+    job.status = schedy.Job.DONE
+    job.put()
+
+
+def test_pbt_fills_population_then_continues(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=3))
+    experiment = db.get_experiment("pbt")
+    first = [experiment.next_job() for _ in range(3)]
+    assert [job.member for job in first] == [0, 1, 2]
+    assert all(job.generation == 0 and job.parent_id is None for job in first)
+    with pytest.raises(NoJobError, match="busy"):
+        experiment.next_job(timeout=0)
+    _finish(first[1], 0.5)
+    following = experiment.next_job(timeout=0)
+    assert following.member == 1 and following.generation == 1
+    assert following.parent_id == first[1].id
+    members = {m.index: m for m in experiment.population()}
+    assert members[1].busy_id == following.id and members[1].head_id == first[1].id
+
+
+def test_pbt_bottom_member_exploits_top(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=4))
+    experiment = db.get_experiment("pbt")
+    jobs = [experiment.next_job() for _ in range(4)]
+    for job, acc in zip(jobs, [0.9, 0.5, 0.4, 0.1]):
+        job.results["model_path"] = f"ckpt/{job.id}"
+        _finish(job, acc)
+    seen = {}
+    for _ in range(4):
+        job = experiment.next_job(timeout=0)
+        seen[job.member] = job
+    worst = seen[3]
+    assert worst.exploited_from == jobs[0].id and worst.parent_id == jobs[0].id
+    assert worst.results["model_path"] == f"ckpt/{jobs[0].id}"
+    assert worst.hyperparameters["lr"] != jobs[0].hyperparameters["lr"]
+    best = seen[0]
+    assert best.exploited_from is None and best.hyperparameters == jobs[0].hyperparameters
+    assert [j.id for j in worst.lineage()] == [jobs[0].id, worst.id]
+
+
+def test_pbt_nan_and_missing_rank_worst(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=4))
+    experiment = db.get_experiment("pbt")
+    jobs = [experiment.next_job() for _ in range(4)]
+    _finish(jobs[0], float("nan"))
+    jobs[1].status = schedy.Job.DONE
+    jobs[1].put()  # no "acc" at all
+    _finish(jobs[2], 0.1)
+    _finish(jobs[3], 0.2)
+    # member 0 finished first and is ready first; with NaN it is bottom.
+    job = experiment.next_job(timeout=0)
+    assert job.member == 0 and job.exploited_from == jobs[3].id
+
+
+def test_pbt_max_generations_ends_experiment(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=2, max_generations=2))
+    experiment = db.get_experiment("pbt")
+    count = 0
+    while True:
+        try:
+            job = experiment.next_job(timeout=0)
+        except NoJobError as error:
+            assert "finished" in str(error)
+            break
+        _finish(job, 0.1 * count)
+        count += 1
+    assert count == 4
+    assert db.get_experiment("pbt").status == schedy.Experiment.DONE
+    assert {(j.member, j.generation) for j in experiment.all_jobs()} == {
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    }
+
+
+def test_pbt_hand_queued_jobs_become_members_first(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=3))
+    experiment = db.get_experiment("pbt")
+    queued = experiment.add_job(hyperparameters={"lr": 0.5})
+    job = experiment.next_job()
+    assert job.id == queued.id and job.member == 0 and job.generation == 0
+    with pytest.raises(ValueError, match="explores 'lr'"):
+        experiment.add_job(hyperparameters={"other": 1})
+
+
+def test_pbt_crashed_member_resumes_from_last_good_job(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=1))
+    experiment = db.get_experiment("pbt")
+    first = experiment.next_job()
+    _finish(first, 0.3)
+    crashed = experiment.next_job(lease=0.05)
+    time.sleep(0.1)
+    again = experiment.next_job(timeout=0)
+    assert experiment.get_job(crashed.id).status == schedy.Job.CRASHED
+    assert again.member == 0 and again.parent_id == first.id and again.generation == 1
+    assert experiment.population()[0].crashes == 1
+
+
+def test_pbt_member_that_keeps_crashing_copies_a_top_member(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=4, max_member_crashes=2))
+    experiment = db.get_experiment("pbt")
+    jobs = [experiment.next_job() for _ in range(4)]
+    for job, acc in zip(jobs, [0.9, 0.8, 0.7, 0.6]):
+        _finish(job, acc)
+    job = experiment.next_job(timeout=0)  # member 0 (best) continues
+    assert job.member == 0 and job.exploited_from is None
+    for _ in range(2):
+        job.status = schedy.Job.CRASHED
+        job.put()
+        job = experiment.next_job(timeout=0)
+        while job.member != 0:  # let other members run
+            _finish(job, 0.5)
+            job = experiment.next_job(timeout=0)
+    assert job.exploited_from is not None  # crashed twice: replaced by a copy
+
+
+def test_delete_member_job_frees_member(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=1))
+    experiment = db.get_experiment("pbt")
+    job = experiment.next_job()
+    job.delete()
+    again = experiment.next_job(timeout=0)
+    assert again.member == 0 and again.generation == 0
