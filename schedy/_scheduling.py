@@ -28,7 +28,6 @@ class SchedulingState:
 
     queued: JobRecord | None
     members: list[MemberRecord]
-    running: int
     load_job: Callable[[str], JobRecord]
     rng: random.Random
 

@@ -8,6 +8,7 @@ to the store through the experiment's :class:`~schedy.SchedyDB`.
 
 from __future__ import annotations
 
+import operator
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from .storage._base import Storage
 
 __all__ = ["Experiment", "ManualSearch", "PopulationBasedTraining", "RandomSearch"]
+
+_RANK_KEY = operator.itemgetter(0, 1, 2)
 
 #: Polling interval bounds while next_job waits for a busy population.
 _POLL_MIN_S = 0.02
@@ -100,6 +103,8 @@ class Experiment:
     DONE: ClassVar[str] = "DONE"
 
     _KIND: ClassVar[str] = ""
+    #: Seed of the scheduling RNG (kinds that draw at random accept one).
+    seed: int | None = None
     _KINDS: ClassVar[dict[str, type[Experiment]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -447,7 +452,7 @@ class PopulationBasedTraining(Experiment):
             for member in members
             if member.head_id is not None
         ]
-        keyed.sort(key=lambda item: item[:3])
+        keyed.sort(key=_RANK_KEY)
         return [item[3] for item in keyed]
 
     def _decide(self, state: SchedulingState) -> Decision:
@@ -471,7 +476,7 @@ class PopulationBasedTraining(Experiment):
                 done = "max_generations reached" if self.max_generations else "all members ended"
                 return Exhausted(f"the experiment is finished ({done})", finish=True)
             return Wait("every population member is busy")
-        member = min(ready, key=lambda m: (m.ready_seq, m.index))
+        member = min(ready, key=lambda m: (m.ready_since, m.index))
         ranked = self._rank(members, state.rng)
         cutoff = self.exploit._cutoff(len(ranked))
         top = [m for m in ranked[:cutoff] if m.index != member.index]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -36,18 +37,24 @@ class _LeaseKeeper:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        # When the thread will next wake up by itself: an added job due later
+        # needs no wake-up call, so a short job costs no thread switch.
+        self._wake_at = math.inf
 
     def add(self, job: Job) -> None:
         with self._cond:
             if self._pid != os.getpid():  # forked: the parent's thread is not ours
                 self._jobs, self._thread, self._pid = {}, None, os.getpid()
-            self._jobs[id(job)] = (job, time.monotonic() + job._lease_seconds / 3)
+                self._wake_at = math.inf
+            due = time.monotonic() + job._lease_seconds / 3
+            self._jobs[id(job)] = (job, due)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._loop, name="schedy-lease-keeper", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if due < self._wake_at:
+                self._cond.notify()
 
     def remove(self, job: Job) -> None:
         with self._cond:
@@ -61,8 +68,10 @@ class _LeaseKeeper:
                 for job in due:
                     self._jobs[id(job)] = (job, now + job._lease_seconds / 3)
                 if not due:
-                    wait = min((at for _, at in self._jobs.values()), default=now + 60) - now
-                    self._cond.wait(timeout=max(wait, 0.01))
+                    self._wake_at = min((at for _, at in self._jobs.values()), default=math.inf)
+                    timeout = None if self._wake_at == math.inf else max(self._wake_at - now, 0.001)
+                    self._cond.wait(timeout=timeout)
+                    self._wake_at = 0.0  # awake: adds need not notify, the loop rescans
                     continue
             for job in due:
                 job._renew_lease()

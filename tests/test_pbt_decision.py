@@ -38,7 +38,7 @@ def _members(
             score=score,
             busy_id=f"b{i}" if i in busy else None,
             last_id=f"h{i}",
-            ready_seq=i,
+            ready_since=i,
             **extra,  # type: ignore[arg-type]
         )
         for i, score in enumerate(scores)
@@ -67,7 +67,6 @@ def _state(
     return SchedulingState(
         queued=queued,
         members=members,
-        running=0,
         load_job=jobs.__getitem__,
         rng=random.Random(seed),
     )
@@ -161,7 +160,7 @@ def test_exact_ties_are_broken_at_random() -> None:
 def test_ready_member_that_waited_longest_goes_first() -> None:
     members = _members([0.5, 0.6, 0.7, 0.8])
     for member, seq in zip(members, [5, 2, 9, 7]):
-        member.ready_seq = seq
+        member.ready_since = seq
     decision = _experiment()._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == 1
 
@@ -211,13 +210,15 @@ def test_member_without_good_job_retries_or_is_retired() -> None:
 
 def test_seeded_decisions_are_reproducible() -> None:
     experiment = _experiment(seed=7)
-    first = experiment._decide(
-        _state([], seed=0)
-        if False
-        else SchedulingState(None, [], 0, {}.__getitem__, experiment._rng(3))
-    )
-    second = experiment._decide(SchedulingState(None, [], 0, {}.__getitem__, experiment._rng(3)))
-    assert first == second
+
+    def decide(claims: int) -> object:
+        members = _members([0.5, 0.5, 0.5, 0.5], busy={1, 2, 3})
+        return experiment._decide(
+            SchedulingState(None, members, _jobs(4).__getitem__, experiment._rng(claims))
+        )
+
+    assert decide(3) == decide(3)
+    assert len({repr(decide(claims)) for claims in range(20)}) > 1
 
 
 @pytest.mark.parametrize(

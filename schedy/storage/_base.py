@@ -75,15 +75,18 @@ class JobRecord:
     updated_at: float = 0.0
 
 
-@dataclass
+@dataclass(slots=True)
 class MemberRecord:
     """One PBT population member: the compact state scheduling reads.
 
     ``head_id`` is the member's last good (DONE) job — where it resumes from;
     ``busy_id`` the job now queued or running for it. ``score`` is the head's
     ranking value, already oriented so that higher is better (``None`` =
-    missing or NaN, ranked worst). ``ready_seq`` orders ready members so the
-    one that waited longest goes first.
+    missing or NaN, ranked worst). ``ready_since`` (when its last job ended)
+    orders ready members so the one that waited longest goes first. Field
+    order matches the storage's member rows, so a row builds a record
+    positionally (this is on the scheduling hot path, once per member per
+    claim).
     """
 
     index: int
@@ -94,7 +97,7 @@ class MemberRecord:
     last_id: str | None = None
     crashes: int = 0
     ended: bool = False
-    ready_seq: int = 0
+    ready_since: float = 0.0
 
     @property
     def ready(self) -> bool:
