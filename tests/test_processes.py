@@ -1,0 +1,156 @@
+"""End-to-end tests with real worker processes on the embedded SQLite store.
+
+They check what threads cannot: separate connections contending for the
+SQLite write lock, and a worker killed with SIGKILL mid-job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import schedy
+
+pytestmark = pytest.mark.slow
+
+CLAIMER = textwrap.dedent(
+    """
+    import json, sys
+    import schedy
+    from schedy.errors import NoJobError
+    url, name, out = sys.argv[1:4]
+    experiment = schedy.SchedyDB(url).get_experiment(name)
+    claimed = []
+    while True:
+        try:
+            with experiment.next_job(timeout=30) as job:
+                claimed.append(job.id)
+                if isinstance(experiment, schedy.PopulationBasedTraining):
+                    job.results['acc'] = job.hyperparameters['lr'] * (1 + job.generation)
+        except NoJobError:
+            break
+    with open(out, 'w') as handle:
+        json.dump(claimed, handle)
+    """
+)
+
+
+def _spawn_claimers(url: str, name: str, tmp_path: Path, count: int) -> list[list[str]]:
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, url, name, str(tmp_path / f"claimed{i}.json")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
+    outputs = [process.communicate(timeout=240) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+        assert "locked" not in stderr and "Traceback" not in stderr, stderr
+    return [json.loads((tmp_path / f"claimed{i}.json").read_text()) for i in range(count)]
+
+
+def test_sixteen_processes_claim_a_queue_exclusively(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/schedy.db"
+    db = schedy.SchedyDB(url)
+    experiment = schedy.ManualSearch("queue")
+    db.add_experiment(experiment)
+    queued = {experiment.add_job(hyperparameters={"i": i}).id for i in range(320)}
+    claimed = [job for jobs in _spawn_claimers(url, "queue", tmp_path, 16) for job in jobs]
+    assert len(claimed) == len(set(claimed)) == 320
+    assert set(claimed) == queued
+    assert {job.status for job in experiment.all_jobs()} == {schedy.Job.DONE}
+
+
+def test_sixteen_processes_run_a_pbt_population(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/schedy.db"
+    db = schedy.SchedyDB(url)
+    db.add_experiment(
+        schedy.PopulationBasedTraining(
+            "pbt",
+            schedy.pbt.MAXIMIZE,
+            "acc",
+            exploit=schedy.pbt.Truncate(0.25),
+            explore={"lr": schedy.pbt.Perturb()},
+            initial_distributions={"lr": schedy.random.Uniform(0.1, 1.0)},
+            population_size=8,
+            max_generations=6,
+        )
+    )
+    claimed = [job for jobs in _spawn_claimers(url, "pbt", tmp_path, 16) for job in jobs]
+    assert len(claimed) == len(set(claimed)) == 48
+    jobs = {job.id: job for job in db.get_experiment("pbt").all_jobs()}
+    assert {(job.member, job.generation) for job in jobs.values()} == {
+        (member, generation) for member in range(8) for generation in range(6)
+    }
+    for job in jobs.values():
+        assert job.status == schedy.Job.DONE
+        if job.generation == 0:
+            assert job.parent_id is None
+        else:  # a member never ran two jobs at once: each continues a DONE job
+            parent = jobs[job.parent_id]  # type: ignore[index]
+            assert parent.status == schedy.Job.DONE
+            assert parent.id != job.id and parent.updated_at <= job.created_at
+    assert db.get_experiment("pbt").status == schedy.Experiment.DONE
+
+
+HANGING_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    import schedy
+    url = sys.argv[1]
+    experiment = schedy.SchedyDB(url, lease_seconds=1.0).get_experiment('pbt')
+    with experiment.next_job() as job:
+        print(job.id, flush=True)
+        time.sleep(600)  # killed long before this ends
+    """
+)
+
+
+def test_worker_killed_mid_job_frees_its_member(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/schedy.db"
+    db = schedy.SchedyDB(url)
+    db.add_experiment(
+        schedy.PopulationBasedTraining(
+            "pbt",
+            schedy.pbt.MAXIMIZE,
+            "acc",
+            exploit=schedy.pbt.Truncate(),
+            initial_distributions={"lr": schedy.random.Uniform(0.1, 1.0)},
+            population_size=1,
+        )
+    )
+    experiment = db.get_experiment("pbt")
+    with experiment.next_job() as first:
+        first.results["acc"] = 0.5
+        first.results["model_path"] = "ckpt/first"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", HANGING_WORKER, url], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        lost_id = worker.stdout.readline().strip()  # printed once it holds the member
+        assert lost_id, "worker died before claiming"
+        with pytest.raises(schedy.errors.NoJobError, match="busy"):
+            experiment.next_job(timeout=0)  # its heartbeat keeps the member busy
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    # The member resumes once the lease (1 s) expires: next_job waits for it.
+    resumed = experiment.next_job(timeout=30)
+    lost = experiment.get_job(lost_id)
+    assert lost.status == schedy.Job.CRASHED and "lease expired" in (lost.error or "")
+    assert resumed.member == 0 and resumed.parent_id == first.id
+    assert resumed.results["model_path"] == "ckpt/first"
+    assert experiment.population()[0].crashes == 1
