@@ -219,6 +219,13 @@ class Experiment:
         _check_status(self.status)
         self._storage.update_experiment(self.name, self.status, self._config())
 
+    def best_jobs(self, k: int = 1) -> list[Job]:
+        """The ``k`` best DONE jobs by the experiment's objective, best first.
+
+        Only experiments with an objective (PBT) rank jobs; others return [].
+        """
+        return [Job._from_record(record, self) for record in self._storage.top_jobs(self.name, k)]
+
     def population(self) -> list[MemberRecord]:
         """The current population summary (PBT members; empty for other kinds)."""
         return self._storage.get_members(self.name)

@@ -27,6 +27,7 @@ def db(store_url: str) -> schedy.SchedyDB:
 def _pbt(
     name: str = "pbt", population: int = 4, **kwargs: object
 ) -> schedy.PopulationBasedTraining:
+    objective = kwargs.pop("objective", schedy.pbt.MAXIMIZE)
     options: dict[str, object] = dict(
         exploit=schedy.pbt.Truncate(0.25),
         explore={"lr": schedy.pbt.Perturb()},
@@ -35,7 +36,7 @@ def _pbt(
         seed=1,
     )
     options.update(kwargs)
-    return schedy.PopulationBasedTraining(name, schedy.pbt.MAXIMIZE, "acc", **options)
+    return schedy.PopulationBasedTraining(name, objective, "acc", **options)  # type: ignore[arg-type]
 
 
 # -- experiments -------------------------------------------------------------
@@ -417,3 +418,32 @@ def test_delete_member_job_frees_member(db: schedy.SchedyDB) -> None:
     job.delete()
     again = experiment.next_job(timeout=0)
     assert again.member == 0 and again.generation == 0
+
+
+def test_best_jobs_and_jobs_in_use(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=3))
+    experiment = db.get_experiment("pbt")
+    first = [experiment.next_job() for _ in range(3)]
+    for job, acc in zip(first, [0.2, 0.9, float("nan")]):
+        _finish(job, acc)
+    assert [job.id for job in experiment.best_jobs(5)] == [first[1].id, first[0].id]
+    running = experiment.next_job(timeout=0)
+    queued = experiment.add_job(hyperparameters={"lr": 0.01})
+    in_use = {job.id for job in db._storage.jobs_in_use("pbt", top_k=1)}
+    # heads of the three members, the running and the queued job; the best is a head anyway
+    assert in_use == {job.id for job in first} | {running.id, queued.id}
+    _finish(running, 0.95)
+    in_use = {job.id for job in db._storage.jobs_in_use("pbt", top_k=2)}
+    heads = {member.head_id for member in experiment.population()}
+    assert heads <= in_use and first[1].id in in_use  # top-2: the new head and first[1]
+    assert running.id in in_use and queued.id in in_use
+    assert schedy.ManualSearch("m")._score({"acc": 1}) is None
+
+
+def test_best_jobs_minimize(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=3, objective=schedy.pbt.MINIMIZE))
+    experiment = db.get_experiment("pbt")
+    jobs = [experiment.next_job() for _ in range(3)]
+    for job, loss in zip(jobs, [0.5, 0.1, 0.3]):
+        _finish(job, loss)
+    assert [job.id for job in experiment.best_jobs(2)] == [jobs[1].id, jobs[2].id]

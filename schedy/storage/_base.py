@@ -216,6 +216,20 @@ class Storage(abc.ABC):
         """Extend a held lease; False when it was lost (expired and taken)."""
 
     @abc.abstractmethod
+    def jobs_in_use(self, experiment: str, top_k: int) -> list[JobRecord]:
+        """One consistent snapshot of the jobs whose checkpoints must be kept.
+
+        Every member's resume point (head), every QUEUED or RUNNING job
+        (they continue a parent's checkpoint, or are writing their own) and
+        the ``top_k`` best-scored jobs. Checkpoint clean-up keeps exactly
+        what these reference.
+        """
+
+    @abc.abstractmethod
+    def top_jobs(self, experiment: str, k: int) -> list[JobRecord]:
+        """The ``k`` DONE jobs with the best score, best first (ties: oldest first)."""
+
+    @abc.abstractmethod
     def get_members(self, experiment: str) -> list[MemberRecord]:
         """The population summary (empty for experiments without members)."""
 

@@ -120,9 +120,13 @@ _jobs = sa.Table(
     sa.Column("lease_expires_at", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Ranking value of a DONE job (higher is better; NULL when unranked), so
+    # the best jobs are an index range scan, not a pass over the history.
+    sa.Column("score", sa.Float),
     # Claims look up the oldest QUEUED and all RUNNING jobs of one experiment:
     # this index makes both a range scan whatever the history length.
     sa.Index("ix_schedy_jobs_exp_status_seq", "experiment_id", "status", "seq"),
+    sa.Index("ix_schedy_jobs_exp_score", "experiment_id", "score"),
 )
 
 _members = sa.Table(
@@ -259,6 +263,17 @@ _SQL_MEMBER = _Statement(
     "SELECT busy_id, crashes FROM schedy_members "
     "WHERE experiment_id = :experiment_id AND idx = :idx",
     _MemberStateRow,
+)
+_SQL_ACTIVE_JOBS = _Statement(
+    f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE experiment_id = :experiment_id "
+    "AND (status IN ('QUEUED', 'RUNNING') OR id IN (SELECT head_id FROM schedy_members "
+    "WHERE experiment_id = :experiment_id))",
+    _JobRow,
+)
+_SQL_TOP_JOBS = _Statement(
+    f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE experiment_id = :experiment_id "
+    "AND score IS NOT NULL ORDER BY score DESC, seq LIMIT :limit",
+    _JobRow,
 )
 _SQL_DB_CLOCK = _Statement("SELECT extract(epoch from clock_timestamp())")
 _SQL_COUNT_CLAIM = _Statement("UPDATE schedy_experiments SET claims = claims + 1 WHERE id = :id")
@@ -615,9 +630,7 @@ class SQLStorage(Storage):
         record.ended = bool(record.ended)
         return record
 
-    def _job_row(
-        self, connection: Connection, experiment_id: int, name: str, job_id: str
-    ) -> Any:
+    def _job_row(self, connection: Connection, experiment_id: int, name: str, job_id: str) -> Any:
         row = _SQL_JOB.first(connection, {"id": job_id, "experiment_id": experiment_id})
         if row is None:
             raise NotFoundError(
@@ -827,6 +840,11 @@ class SQLStorage(Storage):
             if status != RUNNING:
                 new_values["lease_token"] = None
                 new_values["lease_expires_at"] = None
+            if status == DONE:
+                results = (
+                    update.results if update.results is not None else _values.loads(row.results)
+                )
+                new_values["score"] = self._experiment_object(exp_row)._score(results)
             _update(connection, "schedy_jobs", "seq = :key_seq", dict(new_values, key_seq=row.seq))
             record = self._job_record(row, experiment)
             record.status = status
@@ -1078,6 +1096,28 @@ class SQLStorage(Storage):
             return bool(_SQL_RENEW.run(connection, params))
 
         return self._run(body, raw=True)
+
+    def jobs_in_use(self, experiment: str, top_k: int) -> list[JobRecord]:
+        def body(connection: Connection) -> list[JobRecord]:
+            exp_row = self._experiment_row(connection, experiment, False)
+            by_experiment = {"experiment_id": exp_row.id}
+            found: dict[str, JobRecord] = {}
+            rows = _SQL_ACTIVE_JOBS.rows(connection, by_experiment)
+            if top_k > 0:
+                rows += _SQL_TOP_JOBS.rows(connection, dict(by_experiment, limit=top_k))
+            for row in rows:
+                found[row.id] = self._job_record(row, experiment)
+            return list(found.values())
+
+        return self._run(body, write=False, raw=True)
+
+    def top_jobs(self, experiment: str, k: int) -> list[JobRecord]:
+        def body(connection: Connection) -> list[JobRecord]:
+            exp_row = self._experiment_row(connection, experiment, False)
+            rows = _SQL_TOP_JOBS.rows(connection, {"experiment_id": exp_row.id, "limit": k})
+            return [self._job_record(row, experiment) for row in rows]
+
+        return self._run(body, write=False, raw=True)
 
     def get_members(self, experiment: str) -> list[MemberRecord]:
         def body(connection: Connection) -> list[MemberRecord]:
