@@ -299,8 +299,10 @@ class PopulationBasedTraining(Experiment):
     the bottom of ``exploit`` (e.g. ``Truncate(0.2)``), copies a random top
     member — hyperparameters explored by ``explore``, and results, so
     ``job.results['model_path']`` points at the better checkpoint. Otherwise
-    it continues with its own. Each member runs at most ``max_generations``
-    jobs; then the experiment is DONE. A member whose job crashes resumes
+    it continues with its own. A job's generation is its parent's plus one
+    (a copy continues its source's count), so ``max_generations`` bounds how
+    many jobs train any model; members whose head reached it end (and are no
+    longer copied), then the experiment is DONE. A member whose job crashes resumes
     from its last DONE job; after ``max_member_crashes`` crashes in a row it
     is replaced by a copy of a top member. ``seed`` makes a single-worker
     run reproducible.
@@ -452,6 +454,10 @@ class PopulationBasedTraining(Experiment):
             return False
         return generation + 1 >= self.max_generations
 
+    def _can_follow(self, member: MemberRecord) -> bool:
+        """Whether a job may continue ``member``'s head (it is below the last generation)."""
+        return member.head_id is not None and not self._is_final_generation(member.head_generation)
+
     def _rank(self, members: list[MemberRecord], rng: random.Random) -> list[MemberRecord]:
         """Evaluated members, best first; unscored last; exact ties in random order."""
         keyed = [
@@ -486,19 +492,21 @@ class PopulationBasedTraining(Experiment):
         member = min(ready, key=lambda m: (m.ready_since, m.index))
         ranked = self._rank(members, state.rng)
         cutoff = self.exploit._cutoff(len(ranked))
-        top = [m for m in ranked[:cutoff] if m.index != member.index]
+        # A member at its final generation cannot be copied: its copy would
+        # have to train past max_generations.
+        top = [m for m in ranked[:cutoff] if m.index != member.index and self._can_follow(m)]
         keeps_crashing = member.crashes >= self.max_member_crashes
         if keeps_crashing and not top:
             # The crashing member is itself the top one: copy the best other.
-            top = [m for m in ranked if m.index != member.index][:1]
+            top = [m for m in ranked if m.index != member.index and self._can_follow(m)][:1]
         in_bottom = (
             any(m.index == member.index for m in ranked[len(ranked) - cutoff :])
             if cutoff
             else False
         )
-        generation = 0 if member.head_generation is None else member.head_generation + 1
         if (in_bottom or keeps_crashing) and top:
-            source = state.load_job(state.rng.choice(top).head_id or "")
+            chosen = state.rng.choice(top)
+            source = state.load_job(chosen.head_id or "")
             hyperparameters = dict(source.hyperparameters)
             for key, strategy in self.explore.items():
                 if key in hyperparameters:
@@ -507,10 +515,13 @@ class PopulationBasedTraining(Experiment):
                 hyperparameters,
                 dict(source.results),
                 member=member.index,
-                generation=generation,
+                # The copy continues the source's training: its generation counts
+                # the jobs behind the model state, whoever ran them.
+                generation=(chosen.head_generation or 0) + 1,
                 parent_id=source.id,
                 exploited_from=source.id,
             )
+        generation = 0 if member.head_generation is None else member.head_generation + 1
         if member.head_id is not None:
             head = state.load_job(member.head_id)
             return CreateJob(

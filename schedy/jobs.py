@@ -91,8 +91,9 @@ class Job:
         with experiment.next_job() as job:
             job.results['accuracy'] = train(**job.hyperparameters)
 
-    PBT lineage: ``member`` (population slot), ``generation`` (jobs run by the
-    member before this one), ``parent_id`` (the job whose results and
+    PBT lineage: ``member`` (population slot), ``generation`` (how many jobs
+    trained the model state before this one: the parent's generation + 1,
+    across exploits), ``parent_id`` (the job whose results and
     checkpoint this one continues) and ``exploited_from`` (set when the
     parent belonged to a better member that was copied).
     """

@@ -245,3 +245,18 @@ def test_invalid_pbt_arguments(
 def test_truncate_too_large_is_rejected() -> None:
     with pytest.raises(ValueError):
         schedy.pbt.Truncate(0.9)
+
+
+def test_exploit_continues_the_source_generation_and_skips_final_members() -> None:
+    experiment = _experiment(max_generations=6)
+    members = _members([0.9, 0.5, 0.4, 0.1], busy={0, 1, 2})
+    members[0].head_generation = 4
+    members[3].head_generation = 1
+    decision = experiment._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.exploited_from == "h0"
+    assert decision.generation == 5  # the source's generation + 1, not the member's
+    members[0].head_generation = 5  # final generation: can no longer be copied
+    members[0].ended = True
+    decision = experiment._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.exploited_from is None
+    assert decision.parent_id == "h3" and decision.generation == 2
