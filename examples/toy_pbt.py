@@ -1,8 +1,8 @@
 """PBT on the toy problem of the PBT paper (Jaderberg et al. 2017, §4.1), with local workers.
 
 Each member holds θ = (θ0, θ1), starting at (0.9, 0.9); the true objective is
-Q(θ) = 1.2 − (θ0² + θ1²). A member only sees the surrogate
-Q̂(θ|h) = 1.2 − (h0·θ0² + h1·θ1²) and does gradient ascent on it (lr 0.01),
+Q(θ) = 1.2 - (θ0² + θ1²). A member only sees the surrogate
+Q̂(θ|h) = 1.2 - (h0·θ0² + h1·θ1²) and does gradient ascent on it (lr 0.01),
 so the hyperparameters h = (h0, h1) decide how well it climbs Q. Each job is
 4 gradient steps from its parent's θ (the "checkpoint" lives in the job's
 results); PBT copies good members' θ and perturbs their h.
@@ -33,7 +33,7 @@ def q_true(theta: list[float]) -> float:
 
 
 def train_steps(theta: list[float], h: list[float], steps: int) -> list[float]:
-    """Gradient ascent on the surrogate Q̂(θ|h): dQ̂/dθi = −2·hi·θi."""
+    """Gradient ascent on the surrogate Q̂(θ|h): dQ̂/dθi = -2·hi·θi."""
     for _ in range(steps):
         theta = [t + LEARNING_RATE * (-2.0 * hi * t) for t, hi in zip(theta, h)]
     return theta
@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     db = schedy.SchedyDB(args.db)
     create_experiment(db, args.name, args.population, args.generations, args.seed)
     print(
-        f"{args.workers} workers on {db.url}: population {args.population}, {args.generations} generations"
+        f"{args.workers} workers on {db.url}: "
+        f"population {args.population}, {args.generations} generations"
     )
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
