@@ -1,0 +1,121 @@
+"""SchedyDB: choosing the backend from a URL, schema versions, unreachable stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import schedy
+from schedy.errors import SchemaVersionError, StorageError
+
+
+def test_default_url_is_embedded_sqlite_in_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = schedy.SchedyDB()
+    assert db.url == "sqlite:///./schedy.db"
+    db.add_experiment(schedy.ManualSearch("x"))
+    assert (tmp_path / "schedy.db").exists()
+
+
+def test_schedy_url_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/env.db"
+    monkeypatch.setenv("SCHEDY_URL", url)
+    assert schedy.SchedyDB().url == url
+
+
+def test_bare_path_is_a_sqlite_file(tmp_path: Path) -> None:
+    db = schedy.SchedyDB(str(tmp_path / "bare.db"))
+    db.add_experiment(schedy.ManualSearch("x"))
+    assert (tmp_path / "bare.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "match"),
+    [
+        ("ftp://host/x", ValueError, "unsupported store URL"),
+        ("sqlite:////no/such/folder/x.db", StorageError, "does not exist"),
+        ("", TypeError, "non-empty string"),
+    ],
+)
+def test_bad_urls(url: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        schedy.SchedyDB(url)
+
+
+def test_unreachable_postgres_is_a_clear_storage_error() -> None:
+    pytest.importorskip("psycopg")
+    with pytest.raises(StorageError, match="Check that the database is running"):
+        schedy.SchedyDB(
+            "postgresql+psycopg://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 2}
+        )
+
+
+def test_bad_lease(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lease_seconds"):
+        schedy.SchedyDB(f"sqlite:///{tmp_path}/x.db", lease_seconds=0)
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    schedy.SchedyDB(url).add_experiment(schedy.ManualSearch("kept"))
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE schedy_meta SET value = '999' WHERE key = 'schema_version'"
+        )
+    engine.dispose()
+    with pytest.raises(SchemaVersionError, match="newer schedy"):
+        schedy.SchedyDB(url)
+    with engine.begin() as connection:  # nothing was touched
+        assert connection.exec_driver_sql("SELECT name FROM schedy_experiments").scalar() == "kept"
+
+
+def test_reopening_keeps_data_and_kinds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    first = schedy.SchedyDB(url)
+    first.add_experiment(schedy.RandomSearch("r", {"x": schedy.random.IntUniform(1, 3)}, seed=3))
+    first.close()
+    experiment = schedy.SchedyDB(url).get_experiment("r")
+    assert isinstance(experiment, schedy.RandomSearch) and experiment.seed == 3
+    with experiment.next_job() as job:
+        assert job.hyperparameters["x"] in (1, 2, 3)
+
+
+def test_add_experiment_type_checks(tmp_path: Path) -> None:
+    db = schedy.SchedyDB(f"sqlite:///{tmp_path}/s.db")
+    with pytest.raises(TypeError, match="expects a schedy experiment"):
+        db.add_experiment("not an experiment")  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="not stored yet"):
+        schedy.ManualSearch("loose").next_job()
+
+
+def test_import_schedy_pulls_no_ml_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, schedy\n"
+        "print([m for m in ('torch', 'keras', 'lightning') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_api_names() -> None:
+    assert set(schedy.__all__) == {
+        "Experiment",
+        "Job",
+        "ManualSearch",
+        "PopulationBasedTraining",
+        "RandomSearch",
+        "SchedyDB",
+        "errors",
+        "pbt",
+        "random",
+    }
+    assert os.path.basename(schedy.__file__) == "__init__.py"
