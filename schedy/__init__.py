@@ -12,6 +12,7 @@ The public API continues the Schedy client's::
 from __future__ import annotations
 
 from . import errors, pbt, random
+from ._workers import run_workers
 from .db import SchedyDB
 from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch
 from .jobs import Job
@@ -26,6 +27,7 @@ __all__ = [
     "errors",
     "pbt",
     "random",
+    "run_workers",
 ]
 
 __version__ = "0.1.0"

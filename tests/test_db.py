@@ -117,5 +117,6 @@ def test_public_api_names() -> None:
         "errors",
         "pbt",
         "random",
+        "run_workers",
     }
     assert os.path.basename(schedy.__file__) == "__init__.py"

@@ -1,0 +1,139 @@
+"""Local multi-worker launch: schedy.run_workers with functions and commands, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import schedy
+from schedy._workers import detect_gpus
+
+pytestmark = pytest.mark.slow
+
+
+def _pbt(db: schedy.SchedyDB, generations: int = 3) -> None:
+    db.add_experiment(
+        schedy.PopulationBasedTraining(
+            "pbt",
+            schedy.pbt.MAXIMIZE,
+            "acc",
+            exploit=schedy.pbt.Truncate(),
+            explore={"lr": schedy.pbt.Perturb()},
+            initial_distributions={"lr": schedy.random.Uniform(0.1, 1.0)},
+            population_size=4,
+            max_generations=generations,
+        )
+    )
+
+
+def train(job: schedy.Job) -> None:
+    """A module-level (picklable) training function."""
+    job.results["acc"] = job.hyperparameters["lr"] + job.results.get("acc", 0.0)
+    job.results["worker"] = int(os.environ["SCHEDY_WORKER_INDEX"])
+
+
+def test_function_workers_run_the_experiment_to_the_end(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    _pbt(db)
+    assert schedy.run_workers(train, "pbt", workers=3, db=url, gpus=[]) == 0
+    experiment = db.get_experiment("pbt")
+    jobs = list(experiment.all_jobs())
+    assert {job.status for job in jobs} == {schedy.Job.DONE}
+    assert experiment.status == schedy.Experiment.DONE
+    assert {job.results["worker"] for job in jobs} <= {0, 1, 2}
+
+
+COMMAND_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import schedy
+    experiment = schedy.SchedyDB().get_experiment(os.environ['SCHEDY_EXPERIMENT'])
+    while True:
+        try:
+            with experiment.next_job() as job:
+                job.results['acc'] = job.hyperparameters['lr']
+                job.results['env'] = {k: os.environ.get(k) for k in
+                                      ('CUDA_VISIBLE_DEVICES', 'SCHEDY_WORKER_INDEX')}
+        except schedy.errors.NoJobError:
+            break
+    """
+)
+
+
+def test_command_workers_get_their_gpu_and_index(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    _pbt(db, generations=2)
+    command = [sys.executable, "-c", COMMAND_WORKER]
+    assert schedy.run_workers(command, "pbt", workers=3, db=url, gpus=["5", "7"]) == 0
+    envs = {
+        json.dumps(job.results["env"], sort_keys=True)
+        for job in db.get_experiment("pbt").all_jobs()
+    }
+    pairs = {(e["SCHEDY_WORKER_INDEX"], e["CUDA_VISIBLE_DEVICES"]) for e in map(json.loads, envs)}
+    assert pairs <= {("0", "5"), ("1", "7"), ("2", "5")}
+
+
+@pytest.mark.parametrize(
+    ("visible", "expected"), [("0,1", ["0", "1"]), ("", []), ("-1", []), ("3", ["3"])]
+)
+def test_detect_gpus_honours_cuda_visible_devices(
+    monkeypatch: pytest.MonkeyPatch, visible: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert detect_gpus() == expected
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        schedy.run_workers(train, "pbt", workers=0)
+    with pytest.raises(TypeError, match="list of arguments"):
+        schedy.run_workers("python train.py", "pbt")  # type: ignore[arg-type]
+
+
+SLOW_LAUNCHER = textwrap.dedent(
+    """
+    import sys, time
+    import schedy
+
+    def slow(job):
+        job.results['acc'] = 1.0
+        time.sleep(600)  # interrupted long before
+
+    if __name__ == '__main__':
+        sys.exit(schedy.run_workers(slow, 'pbt', workers=2, db=sys.argv[1], gpus=[], grace=20))
+    """
+)
+
+
+def test_ctrl_c_stops_all_workers_and_leaves_no_job_running(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    _pbt(db)
+    script = tmp_path / "launcher.py"
+    script.write_text(SLOW_LAUNCHER)
+    launcher = subprocess.Popen([sys.executable, str(script), url], cwd=tmp_path)
+    experiment = db.get_experiment("pbt")
+    try:
+        deadline = time.monotonic() + 60
+        while len([m for m in experiment.population() if m.busy_id]) < 2:
+            assert time.monotonic() < deadline, "workers never started"
+            assert launcher.poll() is None
+            time.sleep(0.05)  # polling the store: there is no event to wait on
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(timeout=60) == 130
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    statuses = [job.status for job in experiment.all_jobs()]
+    assert statuses.count(schedy.Job.CRASHED) == 2
+    assert schedy.Job.RUNNING not in statuses
