@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .storage._base import JobRecord, MemberRecord
 
@@ -76,4 +76,4 @@ class EndMember:
     reason: str
 
 
-Decision = Union[TakeQueued, CreateJob, Wait, Exhausted, EndMember]
+Decision = TakeQueued | CreateJob | Wait | Exhausted | EndMember

@@ -351,13 +351,20 @@ class Perturb(ExploreStrategy):
             cls._EXPLORE_STRATEGY_NAME,
             cls._PARAMS_SPEC,
             params,
-            ("minFactor", "maxFactor"),
-            optional=("low", "high", "resampleProbability", "distribution"),
+            (),
+            optional=(
+                "minFactor",
+                "maxFactor",
+                "low",
+                "high",
+                "resampleProbability",
+                "distribution",
+            ),
         )
         dist = checked.get("distribution")
         return cls(
-            checked["minFactor"],
-            checked["maxFactor"],
+            checked.get("minFactor", 0.8),
+            checked.get("maxFactor", 1.2),
             low=checked.get("low"),
             high=checked.get("high"),
             resample_probability=checked.get("resampleProbability", 0.0),

@@ -446,7 +446,6 @@ def test_original_client_perturb_json_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("obj", "error", "match"),
     [
-        ({"perturb": {"minFactor": 0.8}}, ValueError, r'perturb expects \{"minFactor": number'),
         ({"perturb": {"minFactor": 0.8, "maxFactor": 1.2, "lo": 0}}, ValueError, r"got \{"),
         ({"perturb": 0.8}, TypeError, r"perturb expects .* got 0.8"),
         ({"perturb": {"minFactor": 2, "maxFactor": 1}}, ValueError, r"min_factor <= max_factor"),
@@ -530,3 +529,11 @@ def test_strategies_yield_finite_values_for_finite_inputs() -> None:
     for _ in range(DRAWS):
         value = strategy.explore(value, rng)
         assert math.isfinite(value) and 1e-8 <= value <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [({}, Perturb()), ({"minFactor": 0.5}, Perturb(0.5, 1.2)), ({"maxFactor": 2}, Perturb(0.8, 2))],
+)
+def test_perturb_json_defaults(params: dict[str, float], expected: Perturb) -> None:
+    assert _explore_from_json({"perturb": params}) == expected

@@ -1,0 +1,10 @@
+"""``python -m schedy``: the ``schedy`` command, for environments without the console script."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

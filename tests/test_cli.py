@@ -1,0 +1,675 @@
+"""The ``schedy`` command: the tutorials' commands, bad input, PBT views and ``schedy run``.
+
+Most commands run in-process through ``schedy.cli.main`` — a fresh
+interpreter costs ~0.7 s of imports, and an exception escaping ``main``
+fails the test just as a traceback would. The tests about the process
+itself (``python -m schedy``, exit statuses, Ctrl-C) run a real subprocess.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import schedy
+from schedy.cli import main
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+
+
+class Cli:
+    """Runs ``schedy --db <the test's store> ARGS…`` and captures what it prints."""
+
+    def __init__(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self.url = f"sqlite:///{tmp_path}/s.db"
+        self.tmp_path = tmp_path
+        self._capsys = capsys
+        self._monkeypatch = monkeypatch
+
+    def __call__(self, *args: str, stdin: str = "") -> Outcome:
+        self._monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = main(["--db", self.url, *args])
+        captured = self._capsys.readouterr()
+        return Outcome(code, captured.out, captured.err)
+
+    def ok(self, *args: str, stdin: str = "") -> str:
+        outcome = self(*args, stdin=stdin)
+        assert outcome.code == 0, outcome.err
+        return outcome.out
+
+    def process(self, *args: str) -> Outcome:
+        """Run it as users do: a new ``python -m schedy`` process."""
+        env = {key: value for key, value in os.environ.items() if key != "SCHEDY_URL"}
+        done = subprocess.run(
+            [sys.executable, "-m", "schedy", "--db", self.url, *args],
+            cwd=self.tmp_path,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def assert_error(outcome: Outcome, code: int, *fragments: str) -> None:
+    """One ``schedy: error:`` line on stderr, the expected status, no traceback."""
+    assert outcome.code == code, outcome
+    lines = outcome.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("schedy: error: "), outcome.err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def rows(text: str) -> list[list[str]]:
+    return [line.split() for line in text.strip().splitlines()]
+
+
+def cells(line: str) -> list[str]:
+    """The cells of one line of a psql table."""
+    return [cell.strip() for cell in line.split("|")[1:-1]]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.chdir(tmp_path)
+    return Cli(tmp_path, capsys, monkeypatch)
+
+
+@pytest.fixture
+def db(cli: Cli) -> Iterator[schedy.SchedyDB]:
+    with schedy.SchedyDB(cli.url) as handle:
+        yield handle
+
+
+def job_id(push_output: str) -> str:
+    first = push_output.splitlines()[0]
+    assert first.startswith("id: ")
+    return first[len("id: ") :]
+
+
+# -- the database tutorial: add, push, list, show, rm --------------------------
+
+
+@pytest.fixture
+def minimize(cli: Cli) -> list[str]:
+    """The tutorial's MinimizeSimple with three DONE jobs and one queued, without result."""
+    cli.ok("add", "MinimizeSimple", "manual")
+    pushes = [
+        ("-s", "DONE", "-p", "x", "1", "y", "2", "-r", "result", "5"),
+        ("-s", "DONE", "-p", "x", "3", "y", "0", "-r", "result", "9"),
+        ("-s", "DONE", "-p", "x", "0", "y", "1", "-r", "result", "1"),
+        ("-p", "x", "7", "y", "7"),
+    ]
+    return [job_id(cli.ok("push", "MinimizeSimple", *push)) for push in pushes]
+
+
+def test_push_prints_the_new_job(cli: Cli, minimize: list[str]) -> None:
+    out = cli.ok(
+        "push", "MinimizeSimple", "-s", "DONE", "-p", "x", "1", "y", "2", "-r", "result", "5"
+    )
+    for line in ("status: DONE", "x: 1", "y: 2", "result: 5"):
+        assert line in out.splitlines()
+
+
+def test_list_experiments(cli: Cli, minimize: list[str]) -> None:
+    cli.ok("add", "R", "random", "x", "normal", '{"mean": 0, "std": 5}')
+    assert rows(cli.ok("list")) == [
+        ["MinimizeSimple", "RUNNING", "manual"],
+        ["R", "RUNNING", "random"],
+    ]
+    table = cli.ok("list", "-t")
+    assert "| name" in table and 'normal {"mean": 0.0, "std": 5.0}' in table
+
+
+def test_list_jobs_plain_is_ids_and_statuses(cli: Cli, minimize: list[str]) -> None:
+    expected = [[job, status] for job, status in zip(minimize, ["DONE"] * 3 + ["QUEUED"])]
+    assert rows(cli.ok("list", "MinimizeSimple")) == expected
+
+
+def test_list_jobs_table(cli: Cli, minimize: list[str]) -> None:
+    lines = cli.ok("list", "-t", "MinimizeSimple").splitlines()
+    assert cells(lines[1]) == ["id", "status", "x", "y", "result"]
+    assert lines[3].endswith("| DONE     |   1 |   2 |        5 |")  # numbers align right
+    assert len(lines) == 4 + len(minimize)
+
+
+@pytest.mark.parametrize(
+    ("options", "order"),
+    [
+        (["-s", "result"], [2, 0, 1, 3]),
+        (["-s", "result", "-d"], [1, 0, 2, 3]),  # the job without result stays last
+        (["-s", "x", "-d"], [3, 1, 0, 2]),
+        (["-s", "status", "-s", "y"], [1, 2, 0, 3]),
+        (["-d"], [3, 2, 1, 0]),
+    ],
+)
+def test_list_sort(cli: Cli, minimize: list[str], options: list[str], order: list[int]) -> None:
+    out = cli.ok("list", "MinimizeSimple", *options, "-f", "id")
+    assert rows(out) == [[minimize[index]] for index in order]
+
+
+def test_list_table_sorted_like_the_tutorial(cli: Cli, minimize: list[str]) -> None:
+    table = cli.ok("list", "-t", "MinimizeSimple", "-s", "result")
+    assert [cells(line)[0] for line in table.splitlines()[3:-1]] == [
+        minimize[index] for index in (2, 0, 1, 3)
+    ]
+
+
+def test_nan_sorts_last_and_numbers_numerically(cli: Cli, minimize: list[str]) -> None:
+    nan = job_id(
+        cli.ok("push", "MinimizeSimple", "-s", "DONE", "-p", "x", "2", "-r", "result", "NaN")
+    )
+    big = job_id(
+        cli.ok("push", "MinimizeSimple", "-s", "DONE", "-p", "x", "2", "-r", "result", "10")
+    )
+    for options in ([], ["-d"]):
+        ids = [
+            row[0]
+            for row in rows(cli.ok("list", "MinimizeSimple", "-s", "result", "-f", "id", *options))
+        ]
+        assert ids[-2:] == [minimize[3], nan]
+    assert rows(cli.ok("list", "MinimizeSimple", "-s", "result", "-d", "-f", "id"))[0] == [big]
+
+
+def test_list_paragraphs_and_fields(cli: Cli, minimize: list[str]) -> None:
+    paragraphs = cli.ok("list", "-p", "MinimizeSimple").strip().split("\n\n")
+    assert paragraphs[0].splitlines() == [
+        f"id: {minimize[0]}",
+        "status: DONE",
+        "x: 1",
+        "y: 2",
+        "result: 5",
+    ]
+    assert len(paragraphs) == len(minimize)
+    table = cli.ok("list", "-t", "MinimizeSimple", "-f", "result", "-f", "x")
+    assert cells(table.splitlines()[1]) == ["result", "x"]
+
+
+def test_ambiguous_field_names_use_their_category(cli: Cli) -> None:
+    cli.ok("add", "E", "manual")
+    cli.ok("push", "E", "-s", "DONE", "-p", "x", "1", "-r", "x", "2")
+    assert "hyperparameter.x" in cli.ok("list", "-t", "E")
+    assert rows(cli.ok("list", "E", "-f", "result.x")) == [["2"]]
+    assert_error(cli("list", "E", "-s", "x"), 2, "ambiguous", "hyperparameter.x or result.x")
+
+
+def test_unknown_field_names_the_fields(cli: Cli, minimize: list[str]) -> None:
+    assert_error(
+        cli("list", "MinimizeSimple", "-s", "score"), 2, "'score'", "id, status, x, y, result"
+    )
+
+
+def test_show_experiment_and_job(cli: Cli, minimize: list[str]) -> None:
+    assert cli.ok("show", "MinimizeSimple").splitlines() == [
+        "name: MinimizeSimple",
+        "status: RUNNING",
+        "scheduler: manual",
+    ]
+    job = cli.ok("show", "MinimizeSimple", minimize[0]).splitlines()
+    assert job[:2] == [f"id: {minimize[0]}", "status: DONE"]
+    assert {"x: 1", "y: 2", "result: 5"} <= set(job)
+    assert_error(cli("show", "MinimizeSimple", "nope"), 1, "no job 'nope'")
+
+
+@pytest.mark.parametrize(("answer", "removed"), [("n\n", False), ("", False), ("y\n", True)])
+def test_rm_job_asks_first(cli: Cli, minimize: list[str], answer: str, removed: bool) -> None:
+    out = cli.ok("rm", "MinimizeSimple", minimize[0], stdin=answer)
+    assert "[y/N]" in out
+    remaining = [row[0] for row in rows(cli.ok("list", "MinimizeSimple"))]
+    assert (minimize[0] not in remaining) is removed
+
+
+def test_rm_without_confirmation(cli: Cli, minimize: list[str]) -> None:
+    cli.ok("rm", "MinimizeSimple", minimize[0], "-f")
+    assert [row[0] for row in rows(cli.ok("list", "MinimizeSimple"))] == minimize[1:]
+    assert "Not removed" in cli.ok("rm", "MinimizeSimple", stdin="no\n")
+    assert cli.ok("rm", "MinimizeSimple", "-f") == ""
+    assert cli.ok("list") == ""
+    assert_error(cli("list", "MinimizeSimple"), 1, "no experiment named 'MinimizeSimple'")
+
+
+# -- add: random search and PBT ----------------------------------------------------
+
+ALL_DISTRIBUTIONS = [
+    *("x", "normal", '{"mean": 0, "std": 5}'),
+    *("u", "uniform", '{"low": 2.1, "high": 5}'),
+    *("lr", "loguniform", '{"low": 0.000001, "high": 0.1}'),
+    *("scale", "lognormal", '{"mean": 0, "std": 1}'),
+    *("n", "intuniform", '{"low": 1, "high": 9}'),
+    *("width", "intloguniform", '{"low": 16, "high": 512}'),
+    *("act", "choice", '{"values": [false, 1, "two", [4]], "weights": [1, 2, 3, 4]}'),
+    *("zero", "const", "0"),
+    *("config", "const", '{"log_dir": "/var/log", "schedy_rocks": true}'),
+]
+
+
+def test_add_random_with_every_distribution(cli: Cli, db: schedy.SchedyDB) -> None:
+    out = cli.ok("add", "Test", "random", *ALL_DISTRIBUTIONS, "--seed", "7")
+    assert 'act: choice {"values": [false, 1, "two", [4]], "weights": [1.0, 2.0, 3.0, 4.0]}' in out
+    experiment = db.get_experiment("Test")
+    assert isinstance(experiment, schedy.RandomSearch)
+    assert experiment.seed == 7
+    assert experiment.distributions["x"] == schedy.random.Normal(0, 5)
+    assert experiment.distributions["config"] == schedy.random.Constant(
+        {"log_dir": "/var/log", "schedy_rocks": True}
+    )
+    with experiment.next_job() as job:
+        assert set(job.hyperparameters) == set(ALL_DISTRIBUTIONS[::3])
+
+
+BAD_ADDS = [
+    (["random", "x", "normal", "{mean: 0}"], "invalid JSON for 'x' (normal)"),
+    (["random", "x", "gauss", "{}"], "unknown distribution 'gauss'"),
+    (["random", "x", "gauss", "{}"], "choice, const, intloguniform, intuniform, lognormal"),
+    (["random", "x", "normal"], "HP DIST PARAMS triples"),
+    (["random", "x", "normal", "{}", "y"], "got 4 word(s)"),
+    (["random", "x", "const", "1", "x", "const", "2"], "'x' is given twice"),
+    (["random", "x", "normal", '{"mean": 0, "std": -1}'], "std must be > 0"),
+    (["random", "x", "choice", '{"values": []}'], "must not be empty"),
+    (["pbt", "max", "acc", "x", "uniform", '{"low": 0, "high": 1}'], "--population-size"),
+    (
+        ["pbt", "max", "acc", "--explore", "x", "jiggle", "{}"],
+        "choose from: perturb, resample, shift",
+    ),
+    (["pbt", "max", "acc", "--explore", "x", "shift", "[1]"], "invalid explore strategy for 'x'"),
+    (["pbt", "max", "acc", "--truncate", "0.9"], "--truncate"),
+]
+
+
+@pytest.mark.parametrize(("words", "message"), BAD_ADDS)
+def test_add_rejects_bad_input_in_one_line(cli: Cli, words: list[str], message: str) -> None:
+    assert_error(cli("add", "Bad", *words), 2, message)
+    assert cli.ok("list") == ""
+
+
+def test_add_refuses_a_taken_name(cli: Cli) -> None:
+    cli.ok("add", "Taken", "manual")
+    assert_error(cli("add", "Taken", "random", "x", "const", "1"), 1, "already exists")
+
+
+def test_add_with_status(cli: Cli) -> None:
+    cli.ok("add", "Paused", "-s", "DONE", "manual")
+    assert rows(cli.ok("list")) == [["Paused", "DONE", "manual"]]
+
+
+PBT_ARGS = [
+    *("add", "PBT", "pbt", "max", "acc"),
+    *("--explore", "lr", "perturb", '{"minFactor": 0.8, "maxFactor": 1.2}'),
+    *("lr", "loguniform", '{"low": 0.0001, "high": 0.1}'),
+    # options between the triples, as users write them
+    *("--population-size", "3", "--max-generations", "3", "--seed", "1"),
+    *("batch", "choice", '{"values": [16, 32, 64]}'),
+    *("--explore", "batch", "shift", '{"values": [16, 32, 64]}'),
+]
+
+
+def test_add_pbt_then_show_its_population(cli: Cli, db: schedy.SchedyDB) -> None:
+    out = cli.ok(*PBT_ARGS)
+    assert "explore.batch: shift" in out and "population_size: 3" in out
+    experiment = db.get_experiment("PBT")
+    assert isinstance(experiment, schedy.PopulationBasedTraining)
+    assert experiment.objective == schedy.pbt.MAXIMIZE
+    assert set(experiment.explore) == set(experiment.initial_distributions) == {"lr", "batch"}
+    assert "no member yet" in cli.ok("show", "PBT")
+    for _ in range(7):
+        with experiment.next_job(timeout=0) as job:
+            job.results["acc"] = job.hyperparameters["lr"] * 10 + (job.generation or 0)
+            job.results["model_path"] = f"ckpt/{job.id}"
+    shown = cli.ok("show", "PBT")
+    assert "Population (3 of 3 members):" in shown
+    population = shown.split("Population")[1].split("Best")[0]
+    header = ["member", "generation", "acc", "status", "crashes", "head"]
+    assert cells(population.splitlines()[2]) == header
+    assert "ready" in population
+    best_line = next(line for line in shown.splitlines() if line.startswith("Best: job "))
+    best = experiment.get_job(best_line.split()[2])
+    schedule = shown.split("Its hyperparameter schedule:")[1]
+    steps = [cells(line)[1] for line in schedule.strip().splitlines()[3:-1]]
+    assert steps == [job.id for job in best.lineage()]
+    table = cli.ok("list", "-t", "PBT")
+    assert "generation" in table and "exploited_from" in table
+    assert len(rows(cli.ok("list", "PBT"))[0]) == 2  # the plain list stays id + status
+
+
+# -- push: bad input -------------------------------------------------------------
+
+BAD_PUSHES = [
+    (["-p", "lr", "adam"], "invalid JSON for hyperparameter 'lr'"),
+    (["-p", "lr", "adam"], """quote it: '"adam"'"""),
+    (["-p", "x", "[1, 2"], "invalid JSON"),
+    (["-p", "x", "1", "-r", "loss", "{"], "invalid JSON for result 'loss'"),
+    (["-p", "x"], "name/value pairs"),
+    (["-p", "x", "1", "x", "2"], "'x' is given twice"),
+]
+
+
+@pytest.mark.parametrize(("words", "message"), BAD_PUSHES)
+def test_push_rejects_bad_input_in_one_line(
+    cli: Cli, minimize: list[str], words: list[str], message: str
+) -> None:
+    assert_error(cli("push", "MinimizeSimple", *words), 2, message)
+    assert len(rows(cli.ok("list", "MinimizeSimple"))) == len(minimize)
+
+
+def test_push_to_an_unknown_experiment(cli: Cli) -> None:
+    assert_error(cli("push", "Nope", "-p", "x", "1"), 1, "no experiment named 'Nope'")
+
+
+def test_push_json_values(cli: Cli, db: schedy.SchedyDB) -> None:
+    cli.ok("add", "E", "manual")
+    pushed = job_id(
+        cli.ok(
+            "push", "E", "-p", "sizes", "[512, 256]", "act", '"relu"', "-r", "loss", "[0.9, 0.8]"
+        )
+    )
+    job = db.get_experiment("E").get_job(pushed)
+    assert job.hyperparameters == {"sizes": [512, 256], "act": "relu"}
+    assert job.results == {"loss": [0.9, 0.8]}
+    assert job.status == schedy.Job.QUEUED
+
+
+# -- the process: python -m schedy, exit statuses, no tracebacks ------------------
+
+
+def test_python_m_schedy_version(cli: Cli) -> None:
+    outcome = cli.process("--version")
+    assert outcome.code == 0 and outcome.out.strip() == f"schedy {schedy.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("words", "code"),
+    [
+        (["push", "Nope", "-p", "x", "1"], 1),
+        (["push", "Nope", "-p", "x", "{oops"], 2),
+        (["add", "X", "random", "x", "normal", "{oops"], 2),
+    ],
+)
+def test_errors_end_the_process_with_one_line(cli: Cli, words: list[str], code: int) -> None:
+    assert_error(cli.process(*words), code)
+
+
+def test_usage_errors_exit_2(cli: Cli) -> None:
+    outcome = cli("list", "-t", "-p")
+    assert outcome.code == 2 and "not allowed with argument" in outcome.err
+    assert cli("--version").code == 0
+    assert cli("add", "X", "pbt", "best", "acc").code == 2
+
+
+def test_a_bad_store_url_is_one_line(cli: Cli) -> None:
+    # --db is also accepted after the command, and wins there.
+    assert_error(cli("list", "--db", "ftp://nowhere"), 1, "unsupported store URL 'ftp://nowhere'")
+
+
+# -- run ----------------------------------------------------------------------------
+
+TRAIN_PY = """\
+import json, os, sys, time
+job = os.environ["SCHEDY_JOB_ID"]
+hyperparameters = json.loads(os.environ["SCHEDY_JOB_HYPERPARAMETERS"])
+mode = hyperparameters.get("mode", "ok")
+seen = {key: value for key, value in os.environ.items() if key.startswith("SCHEDY_")}
+with open(f"seen-{job}.json", "w") as file:
+    json.dump({"argv": sys.argv[1:], "env": seen}, file)
+print("training", job, flush=True)
+if mode == "sleep":
+    open("started", "w").close()
+    try:
+        time.sleep(30)
+    except KeyboardInterrupt:
+        print("child interrupted", flush=True)
+        sys.exit(130)
+results = {"loss": 0.5}
+if "lr" in hyperparameters:
+    results = {"acc": hyperparameters["lr"], "model_path": "ckpt/" + job}
+print({
+    "ok": "--- RESULTS ---\\n" + json.dumps(results) + "\\n--- END RESULTS ---\\nbye",
+    "noend": "--- RESULTS ---\\n" + json.dumps(results),
+    "fail": "--- RESULTS ---\\n" + json.dumps(results),
+    "silent": "nothing to report",
+    "badjson": "--- RESULTS ---\\n{oops\\n--- END RESULTS ---",
+    "list": "--- RESULTS ---\\n[1, 2]\\n--- END RESULTS ---",
+}[mode])
+sys.exit(3 if mode == "fail" else 0)
+"""
+
+
+@pytest.fixture
+def train(cli: Cli) -> list[str]:
+    """The training command: a script that records what it got and prints a results block."""
+    (cli.tmp_path / "train.py").write_text(TRAIN_PY)
+    return [sys.executable, "train.py"]
+
+
+def seen(cli: Cli, job: str) -> dict[str, object]:
+    loaded: dict[str, object] = json.loads((cli.tmp_path / f"seen-{job}.json").read_text())
+    return loaded
+
+
+def statuses(db: schedy.SchedyDB, name: str) -> list[str]:
+    return [job.status for job in db.get_experiment(name).all_jobs()]
+
+
+def test_run_expands_the_command_and_stores_results(
+    cli: Cli, db: schedy.SchedyDB, train: list[str]
+) -> None:
+    cli.ok("add", "W", "manual")
+    pushed = job_id(
+        cli.ok(
+            "push",
+            "W",
+            "-p",
+            "learning_rate",
+            "0.1",
+            "layers",
+            "[1, 2]",
+            "flag",
+            "true",
+            "name",
+            '"x y"',
+            "skip",
+            "null",
+            "-r",
+            "model_path",
+            '"ckpt/parent.pt"',
+        )
+    )
+    outcome = cli("run", "--once", "W", *train, "%e", "%j", "100%%", "--out=%j.pt", "%h")
+    assert outcome.code == 0, outcome.err
+    assert f"training {pushed}" in outcome.out and "bye" in outcome.out  # stdout streams through
+    got = seen(cli, pushed)
+    assert got["argv"] == [
+        "W",
+        pushed,
+        "100%",
+        f"--out={pushed}.pt",
+        "--learning-rate",
+        "0.1",
+        "--layers",
+        "[1, 2]",
+        "--flag",
+        "true",
+        "--name",
+        "x y",
+    ]
+    env = got["env"]
+    assert isinstance(env, dict)
+    assert env["SCHEDY_URL"] == cli.url
+    assert env["SCHEDY_EXPERIMENT"] == "W" and env["SCHEDY_JOB_ID"] == pushed
+    assert json.loads(env["SCHEDY_JOB_RESULTS"]) == {"model_path": "ckpt/parent.pt"}
+    job = db.get_experiment("W").get_job(pushed)
+    assert job.status == schedy.Job.DONE
+    # The command's results update the job's: the parent's model_path is kept.
+    assert job.results == {"model_path": "ckpt/parent.pt", "loss": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "status", "code"),
+    [
+        ("ok", [], "DONE", 0),
+        ("noend", [], "DONE", 0),
+        ("fail", [], "CRASHED", 1),
+        ("silent", [], "CRASHED", 1),
+        ("silent", ["--allow-empty-results"], "DONE", 0),
+        ("badjson", [], "CRASHED", 1),
+        ("badjson", ["--allow-empty-results"], "CRASHED", 1),
+        ("list", [], "CRASHED", 1),
+    ],
+)
+def test_run_outcomes(
+    cli: Cli,
+    db: schedy.SchedyDB,
+    train: list[str],
+    mode: str,
+    options: list[str],
+    status: str,
+    code: int,
+) -> None:
+    cli.ok("add", "W", "manual")
+    pushed = job_id(cli.ok("push", "W", "-p", "mode", json.dumps(mode)))
+    outcome = cli("run", *options, "W", *train)
+    assert outcome.code == code, outcome.err
+    job = db.get_experiment("W").get_job(pushed)
+    assert job.status == status
+    if status == "CRASHED":
+        assert f"job {pushed} CRASHED" in outcome.err
+        assert job.error and "CommandFailedError" in job.error
+        assert "loss" not in job.results
+    elif mode != "silent":
+        assert job.results == {"loss": 0.5}
+
+
+def test_run_stops_at_the_first_failure_unless_told(
+    cli: Cli, db: schedy.SchedyDB, train: list[str]
+) -> None:
+    cli.ok("add", "W", "manual")
+    for mode in ("fail", "ok", "ok"):
+        cli.ok("push", "W", "-p", "mode", json.dumps(mode))
+    outcome = cli("run", "W", *train)
+    assert outcome.code == 1 and "exited with status 3" in outcome.err
+    assert statuses(db, "W") == ["CRASHED", "QUEUED", "QUEUED"]
+    cli.ok("push", "W", "-p", "mode", '"fail"')
+    outcome = cli("run", "--ignore-errors", "W", *train)
+    assert outcome.code == 0 and "No job left" in outcome.err
+    assert statuses(db, "W") == ["CRASHED", "DONE", "DONE", "CRASHED"]
+
+
+def test_run_once(cli: Cli, db: schedy.SchedyDB, train: list[str]) -> None:
+    cli.ok("add", "W", "manual")
+    cli.ok("push", "W", "-p", "mode", '"ok"')
+    cli.ok("push", "W", "-p", "mode", '"ok"')
+    cli.ok("run", "--once", "W", *train)
+    assert statuses(db, "W") == ["DONE", "QUEUED"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("%x", "unknown format %x"),
+        ("--%h", "%h expands to several arguments"),
+        ("50%", "a lone % at the end"),
+    ],
+)
+def test_run_rejects_bad_formats_before_claiming(
+    cli: Cli, db: schedy.SchedyDB, train: list[str], template: str, message: str
+) -> None:
+    cli.ok("add", "W", "manual")
+    cli.ok("push", "W", "-p", "mode", '"ok"')
+    assert_error(cli("run", "W", *train, template), 2, message)
+    assert statuses(db, "W") == ["QUEUED"]
+
+
+def test_run_a_missing_program_crashes_the_job(cli: Cli, db: schedy.SchedyDB) -> None:
+    cli.ok("add", "W", "manual")
+    cli.ok("push", "W", "-p", "x", "1")
+    outcome = cli("run", "W", "./no-such-program")
+    assert outcome.code == 1 and "cannot run './no-such-program'" in outcome.err
+    assert statuses(db, "W") == ["CRASHED"]
+
+
+def test_run_pbt_until_done_passes_the_parents_checkpoint(
+    cli: Cli, db: schedy.SchedyDB, train: list[str]
+) -> None:
+    cli.ok(
+        "add",
+        "P",
+        "pbt",
+        "max",
+        "acc",
+        "lr",
+        "loguniform",
+        '{"low": 0.001, "high": 0.1}',
+        "--population-size",
+        "2",
+        "--max-generations",
+        "2",
+        "--explore",
+        "lr",
+        "perturb",
+        '{"minFactor": 0.8, "maxFactor": 1.2}',
+    )
+    outcome = cli("run", "--timeout", "5", "P", *train, "%h")
+    assert outcome.code == 0, outcome.err
+    jobs = list(db.get_experiment("P").all_jobs())
+    assert [job.status for job in jobs] == ["DONE"] * 4
+    for job in jobs:
+        got = seen(cli, job.id)
+        env = got["env"]
+        assert isinstance(env, dict)
+        parent_results = json.loads(env["SCHEDY_JOB_RESULTS"])
+        if job.generation == 0:
+            assert parent_results == {}
+        else:
+            assert parent_results["model_path"] == f"ckpt/{job.parent_id}"
+        assert job.results["model_path"] == f"ckpt/{job.id}"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_reaches_the_command_and_crashes_the_job(
+    cli: Cli, db: schedy.SchedyDB, train: list[str]
+) -> None:
+    cli.ok("add", "W", "manual")
+    pushed = job_id(cli.ok("push", "W", "-p", "mode", '"sleep"'))
+    env = {key: value for key, value in os.environ.items() if key != "SCHEDY_URL"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "schedy", "--db", cli.url, "run", "W", *train],
+        cwd=cli.tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (cli.tmp_path / "started").exists():
+            assert time.monotonic() < deadline and process.poll() is None, (
+                "the command never started"
+            )
+            time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert "child interrupted" in out and "Traceback" not in err
+    job = db.get_experiment("W").get_job(pushed)
+    assert job.status == schedy.Job.CRASHED
+    assert job.error and "KeyboardInterrupt" in job.error
