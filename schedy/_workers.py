@@ -170,7 +170,14 @@ def run_workers(
         else:
             command = list(train)
             for env in envs:
-                processes.append(subprocess.Popen(command, env=env, start_new_session=True))
+                try:
+                    process = subprocess.Popen(command, env=env, start_new_session=True)
+                except OSError as error:
+                    _stop(processes, grace)
+                    raise ValueError(
+                        f"cannot start worker command {command[0]!r}: {error}"
+                    ) from None
+                processes.append(process)
         for process in processes:
             _wait(process, None)
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from tabulate import tabulate
 
 from . import __version__
 from ._values import is_number
+from ._workers import run_workers
 from .db import DEFAULT_URL, SchedyDB
 from .errors import NoJobError, SchedyError
 from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch
@@ -984,6 +985,56 @@ def _setup_run(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_worker(args: argparse.Namespace, db: SchedyDB) -> int:
+    """Launch N copies of a worker command on one experiment, until it is done."""
+    command = list(args.cmd)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError(
+            "worker needs the worker command, e.g. schedy worker NAME -- python train.py"
+        )
+    db.get_experiment(args.experiment)  # fail early, with the usual message, on a typo
+    gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g and g != "none"]
+    return run_workers(
+        command, args.experiment, workers=args.workers, db=db.url, gpus=gpus, grace=args.grace
+    )
+
+
+def _setup_worker(commands: Any, common: argparse.ArgumentParser) -> None:
+    parser = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="run N local worker processes of a command",
+        description=(
+            "Start --workers copies of COMMAND, a worker that pulls jobs itself "
+            "(e.g. a script looping on experiment.next_job()), and wait until they end. "
+            "Each gets SCHEDY_URL, SCHEDY_EXPERIMENT, SCHEDY_WORKER_INDEX and, on a machine "
+            "with GPUs, its own CUDA_VISIBLE_DEVICES. Ctrl-C stops them all; their jobs end "
+            "CRASHED, none stays RUNNING."
+        ),
+    )
+    parser.set_defaults(handler=_cmd_worker)
+    parser.add_argument("--workers", type=int, default=2, help="number of processes (default 2)")
+    parser.add_argument(
+        "--gpus",
+        metavar="IDS",
+        default=None,
+        help="GPU ids to spread workers over, e.g. 0,1 ('none': no GPU; default: detected)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="after Ctrl-C, how long workers may take to stop before being killed",
+    )
+    parser.add_argument("experiment", metavar="NAME", help="the experiment the workers serve")
+    parser.add_argument(
+        "cmd", nargs="*", metavar="-- COMMAND …", help="the worker command, after --"
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="schedy",
@@ -1001,7 +1052,15 @@ def _build_parser() -> argparse.ArgumentParser:
         title="commands", dest="command", metavar="COMMAND", required=True
     )
     common = _common_parser()
-    for setup in (_setup_add, _setup_push, _setup_list, _setup_show, _setup_rm, _setup_run):
+    for setup in (
+        _setup_add,
+        _setup_push,
+        _setup_list,
+        _setup_show,
+        _setup_rm,
+        _setup_run,
+        _setup_worker,
+    ):
         setup(commands, common)
     return parser
 
@@ -1009,7 +1068,15 @@ def _build_parser() -> argparse.ArgumentParser:
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse, letting HP DIST PARAMS triples follow options (argparse alone would not)."""
     parser = _build_parser()
-    args, extras = parser.parse_known_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    worker_command: list[str] = []
+    if "--" in words and "worker" in words[: words.index("--")]:
+        # argparse drops a subcommand's `--`; keep the worker command apart.
+        split = words.index("--")
+        words, worker_command = words[:split], words[split + 1 :]
+    args, extras = parser.parse_known_args(words)
+    if worker_command:
+        args.cmd = list(args.cmd) + worker_command
     if extras:
         # A '*' positional is consumed once, so triples after an option land here.
         looks_like_option = [word for word in extras if re.match(r"-[^\d.]", word)]

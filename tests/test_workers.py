@@ -137,3 +137,30 @@ def test_ctrl_c_stops_all_workers_and_leaves_no_job_running(tmp_path: Path) -> N
     statuses = [job.status for job in experiment.all_jobs()]
     assert statuses.count(schedy.Job.CRASHED) == 2
     assert schedy.Job.RUNNING not in statuses
+
+
+def test_schedy_worker_command(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    _pbt(db, generations=2)
+    worker = tmp_path / "worker.py"
+    worker.write_text(COMMAND_WORKER)
+    cli = [sys.executable, "-m", "schedy", "--db", url, "worker"]
+    done = subprocess.run(
+        [*cli, "pbt", "--workers", "2", "--gpus", "none", "--", sys.executable, str(worker)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    jobs = list(db.get_experiment("pbt").all_jobs())
+    assert jobs and {job.status for job in jobs} == {schedy.Job.DONE}
+    typo = subprocess.run([*cli, "nope", "--", "true"], capture_output=True, text=True)
+    assert typo.returncode == 1 and "no experiment named 'nope'" in typo.stderr
+    empty = subprocess.run([*cli, "pbt"], capture_output=True, text=True)
+    assert empty.returncode == 2 and "needs the worker command" in empty.stderr
+
+
+def test_missing_worker_command_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot start worker command 'no-such-program'"):
+        schedy.run_workers(["no-such-program"], "pbt", workers=2, gpus=[])
