@@ -171,13 +171,13 @@ def run_workers(
             command = list(train)
             for env in envs:
                 try:
-                    process = subprocess.Popen(command, env=env, start_new_session=True)
+                    child = subprocess.Popen(command, env=env, start_new_session=True)
                 except OSError as error:
                     _stop(processes, grace)
                     raise ValueError(
                         f"cannot start worker command {command[0]!r}: {error}"
                     ) from None
-                processes.append(process)
+                processes.append(child)
         for process in processes:
             _wait(process, None)
     except KeyboardInterrupt:
