@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Claim", "ExperimentRecord", "JobRecord", "MemberRecord", "Storage"]
@@ -125,7 +125,6 @@ class JobUpdate:
     hyperparameters: Mapping[str, Any] | None = None
     results: Mapping[str, Any] | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Storage(abc.ABC):

@@ -20,6 +20,7 @@ two jobs by primary key — never the job history.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
 import threading
@@ -69,6 +70,8 @@ from ._base import (
 
 if TYPE_CHECKING:
     from ..experiments import Experiment
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -968,6 +971,9 @@ class SQLStorage(Storage):
         for _ in range(len(members) + 1):
             if not isinstance(decision, EndMember):
                 break
+            logger.warning(
+                "experiment %r retires member %d: %s", name, decision.member, decision.reason
+            )
             self._end_member(connection, exp_row.id, decision.member)
             for member in state.members:
                 if member.index == decision.member:
