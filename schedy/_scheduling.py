@@ -51,6 +51,8 @@ class CreateJob:
     generation: int | None = None
     parent_id: str | None = None
     exploited_from: str | None = None
+    #: The member copied by an exploit (its score history follows the copy).
+    source_member: int | None = None
 
 
 @dataclass

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import _values
+from . import _history, _values
 from ._scheduling import (
     CreateJob,
     Decision,
@@ -458,13 +458,27 @@ class PopulationBasedTraining(Experiment):
         """Whether a job may continue ``member``'s head (it is below the last generation)."""
         return member.head_id is not None and not self._is_final_generation(member.head_generation)
 
-    def _rank(self, members: list[MemberRecord], rng: random.Random) -> list[MemberRecord]:
-        """Evaluated members, best first; unscored last; exact ties in random order."""
-        keyed = [
-            (member.score is None, -(member.score or 0.0), rng.random(), member)
-            for member in members
-            if member.head_id is not None
-        ]
+    def _rank(
+        self, members: list[MemberRecord], rng: random.Random, generation: int | None = None
+    ) -> list[MemberRecord]:
+        """Evaluated members, best first; unscored last; exact ties in random order.
+
+        A member ahead of ``generation`` (the generation of the member being
+        decided) is judged by its score at that generation when it still has
+        it: with fewer workers than members, comparing against models trained
+        longer would push the member that waited longest to the bottom for
+        being behind, not for being worse.
+        """
+        keyed = []
+        for member in members:
+            if member.head_id is None:
+                continue
+            score = member.score
+            if generation is not None and (member.head_generation or 0) > generation:
+                found, earlier = _history.score_at(member.history, generation)
+                if found:
+                    score = earlier
+            keyed.append((score is None, -(score or 0.0), rng.random(), member))
         keyed.sort(key=_RANK_KEY)
         return [item[3] for item in keyed]
 
@@ -490,7 +504,7 @@ class PopulationBasedTraining(Experiment):
                 return Exhausted(f"the experiment is finished ({done})", finish=True)
             return Wait("every population member is busy")
         member = min(ready, key=lambda m: (m.ready_since, m.index))
-        ranked = self._rank(members, state.rng)
+        ranked = self._rank(members, state.rng, member.head_generation)
         cutoff = self.exploit._cutoff(len(ranked))
         # A member at its final generation cannot be copied: its copy would
         # have to train past max_generations.
@@ -520,6 +534,7 @@ class PopulationBasedTraining(Experiment):
                 generation=(chosen.head_generation or 0) + 1,
                 parent_id=source.id,
                 exploited_from=source.id,
+                source_member=chosen.index,
             )
         generation = 0 if member.head_generation is None else member.head_generation + 1
         if member.head_id is not None:

@@ -260,3 +260,53 @@ def test_exploit_continues_the_source_generation_and_skips_final_members() -> No
     decision = experiment._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is None
     assert decision.parent_id == "h3" and decision.generation == 2
+
+
+def test_members_ahead_are_judged_at_the_ready_members_generation() -> None:
+    """With fewer workers than members, being behind must not count as being worse."""
+    from schedy import _history
+
+    members = _members([0.5, 0.9, 0.8, 0.7], busy={1, 2, 3})
+    for member in members[1:]:  # ahead by one job; one generation earlier they were worse
+        member.head_generation = 4
+        member.history = _history.extend(_history.extend(None, 2, 0.1), 3, 0.2)
+        member.history = _history.extend(member.history, 4, member.score)
+    decision = _experiment()._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.exploited_from is None  # best at gen 3
+    for member in members[1:]:
+        member.history = None  # no history: compared by their latest score
+    decision = _experiment()._decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.exploited_from is not None
+
+
+@pytest.mark.parametrize(
+    ("pairs", "generation", "expected"),
+    [
+        ([], 3, (False, None)),
+        ([(1, 0.1), (2, 0.2)], 3, (True, 0.2)),
+        ([(1, 0.1), (2, 0.2)], 1, (True, 0.1)),
+        ([(1, 0.1), (2, None)], 2, (True, None)),
+        ([(2, 0.2)], 1, (False, None)),
+    ],
+)
+def test_history_score_at(
+    pairs: list[tuple[int, float | None]], generation: int, expected: tuple[bool, float | None]
+) -> None:
+    from schedy import _history
+
+    text = None
+    for gen, score in pairs:
+        text = _history.extend(text, gen, score)
+    assert _history.score_at(text, generation) == expected
+
+
+def test_history_keeps_the_last_generations_and_rewinds_on_a_copy() -> None:
+    from schedy import _history
+
+    text = None
+    for generation in range(20):
+        text = _history.extend(text, generation, float(generation))
+    assert _history.score_at(text, 11) == (False, None)  # older than the kept window
+    assert _history.score_at(text, 12) == (True, 12.0)
+    rewound = _history.extend(text, 15, -1.0)  # a copy continued an earlier lineage
+    assert _history.score_at(rewound, 19) == (True, -1.0)

@@ -83,7 +83,9 @@ class MemberRecord:
     ``busy_id`` the job now queued or running for it. ``score`` is the head's
     ranking value, already oriented so that higher is better (``None`` =
     missing or NaN, ranked worst). ``ready_since`` (when its last job ended)
-    orders ready members so the one that waited longest goes first. Field
+    orders ready members so the one that waited longest goes first.
+    ``history`` holds recent ``(generation, score)`` pairs (see
+    ``schedy._history``) for comparing members at equal progress. Field
     order matches the storage's member rows, so a row builds a record
     positionally (this is on the scheduling hot path, once per member per
     claim).
@@ -98,6 +100,7 @@ class MemberRecord:
     crashes: int = 0
     ended: bool = False
     ready_since: float = 0.0
+    history: str | None = None
 
     @property
     def ready(self) -> bool:

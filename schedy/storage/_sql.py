@@ -35,6 +35,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from .. import _history as _scores
 from .. import _values
 from .._scheduling import (
     CreateJob,
@@ -145,6 +146,9 @@ _members = sa.Table(
     sa.Column("crashes", sa.Integer, nullable=False, default=0),
     sa.Column("ended", sa.Boolean, nullable=False, default=False),
     sa.Column("ready_since", sa.Float, nullable=False, default=0.0),
+    # Recent (generation, score) pairs along the member's lineage, so members
+    # at different generations can be compared at equal training progress.
+    sa.Column("history", sa.Text),
 )
 
 #: version -> function upgrading a store from ``version - 1`` (none yet).
@@ -233,10 +237,11 @@ _JobRow = namedtuple(
     "lease_token created_at updated_at",
 )
 _MemberRow = namedtuple(
-    "_MemberRow", "idx head_id head_generation score busy_id last_id crashes ended ready_since"
+    "_MemberRow",
+    "idx head_id head_generation score busy_id last_id crashes ended ready_since history",
 )
 _ExpiredRow = namedtuple("_ExpiredRow", "seq id member generation lease_expires_at")
-_MemberStateRow = namedtuple("_MemberStateRow", "busy_id crashes")
+_MemberStateRow = namedtuple("_MemberStateRow", "busy_id crashes history")
 
 _SELECT_EXPERIMENT = (
     "SELECT id, name, kind, status, config, claims FROM schedy_experiments WHERE name = :name"
@@ -258,12 +263,13 @@ _SQL_EXPIRED = _Statement(
     _ExpiredRow,
 )
 _SQL_MEMBERS = _Statement(
-    "SELECT idx, head_id, head_generation, score, busy_id, last_id, crashes, ended, ready_since "
+    "SELECT idx, head_id, head_generation, score, busy_id, last_id, crashes, ended, ready_since, "
+    "history "
     "FROM schedy_members WHERE experiment_id = :experiment_id ORDER BY idx",
     _MemberRow,
 )
 _SQL_MEMBER = _Statement(
-    "SELECT busy_id, crashes FROM schedy_members "
+    "SELECT busy_id, crashes, history FROM schedy_members "
     "WHERE experiment_id = :experiment_id AND idx = :idx",
     _MemberStateRow,
 )
@@ -294,6 +300,10 @@ _SQL_TAKE_QUEUED = _Statement(
 )
 _SQL_MEMBER_BUSY = _Statement(
     "UPDATE schedy_members SET busy_id = :job_id, last_id = :job_id "
+    "WHERE experiment_id = :experiment_id AND idx = :idx"
+)
+_SQL_MEMBER_BUSY_COPY = _Statement(
+    "UPDATE schedy_members SET busy_id = :job_id, last_id = :job_id, history = :history "
     "WHERE experiment_id = :experiment_id AND idx = :idx"
 )
 _SQL_INSERT_MEMBER = _Statement(
@@ -894,12 +904,14 @@ class SQLStorage(Storage):
         experiment = self._experiment_object(exp_row)
         changes: dict[str, Any] = {"busy_id": None, "ready_since": now}
         if status == DONE:
+            score = experiment._score(results)
             changes.update(
                 head_id=job_id,
                 head_generation=generation,
-                score=experiment._score(results),
+                score=score,
                 crashes=0,
                 ended=experiment._is_final_generation(generation),
+                history=_scores.extend(member_row.history, generation, score),
             )
         elif status == CRASHED:
             changes["crashes"] = member_row.crashes + 1
@@ -979,7 +991,7 @@ class SQLStorage(Storage):
                 if member.index == decision.member:
                     member.ended = True
             decision = experiment._decide(state)
-        return self._apply(connection, exp_row, name, decision, now, lease_seconds)
+        return self._apply(connection, exp_row, name, decision, now, lease_seconds, members)
 
     def _end_member(self, connection: Connection, experiment_id: int, index: int) -> None:
         _update(
@@ -1017,6 +1029,7 @@ class SQLStorage(Storage):
         decision: Decision,
         now: float,
         lease_seconds: float,
+        members: list[MemberRecord],
     ) -> Claim:
         if isinstance(decision, Wait):
             return Claim(None, wait=True, reason=decision.reason)
@@ -1083,14 +1096,27 @@ class SQLStorage(Storage):
         record.lease_token = lease["lease_token"]
         record.updated_at = now
         if record.member is not None:
-            self._mark_member_busy(connection, exp_row.id, record.member, record.id)
+            copied: str | bool | None = False
+            if isinstance(decision, CreateJob) and decision.source_member is not None:
+                source = [m for m in members if m.index == decision.source_member]
+                copied = source[0].history if source else None
+            self._mark_member_busy(connection, exp_row.id, record.member, record.id, copied)
         return Claim(record)
 
     def _mark_member_busy(
-        self, connection: Connection, experiment_id: int, index: int, job_id: str
+        self,
+        connection: Connection,
+        experiment_id: int,
+        index: int,
+        job_id: str,
+        copied_history: str | bool | None = False,
     ) -> None:
-        params = {"experiment_id": experiment_id, "idx": index, "job_id": job_id}
-        if not _SQL_MEMBER_BUSY.run(connection, params):
+        """Mark a member busy with ``job_id``; an exploit also takes its source's
+        score history (``copied_history``, False when nothing was copied)."""
+        params: dict[str, Any] = {"experiment_id": experiment_id, "idx": index, "job_id": job_id}
+        if copied_history is not False:
+            _SQL_MEMBER_BUSY_COPY.run(connection, dict(params, history=copied_history))
+        elif not _SQL_MEMBER_BUSY.run(connection, params):
             _SQL_INSERT_MEMBER.run(connection, dict(params, ended=False))
 
     def renew_lease(
