@@ -1,0 +1,539 @@
+"""Keras 3: one callback runs the whole PBT worker loop inside ``model.fit``.
+
+::
+
+    from schedy.integrations.keras import SchedyCallback
+
+    with experiment.next_job() as job:
+        model = build_model(job.hyperparameters)  # compiled, lr from the job
+        model.fit(x, y, epochs=1000, validation_data=(x_val, y_val),
+                  callbacks=[SchedyCallback(job, monitor='val_accuracy')])
+
+For each job the callback
+
+1. restores the checkpoint ``job.results['model_path']`` names, if any (the
+   member's own last one, or a better member's after an exploit) into the
+   compiled model: weights *and* optimizer state (Adam moments, SGD momentum,
+   the ``iterations`` counter), and the epoch counter of the lineage;
+2. re-applies the job's optimizer hyperparameters on top (``learning_rate``
+   or ``lr`` by default, more via ``optimizer_hyperparameters``), so a value
+   PBT perturbed is never overwritten by the restored state;
+3. stops ``fit`` after ``epochs_per_job`` epochs, whatever its ``epochs``;
+4. reports every logged metric (latest values, ``epoch``, ``step`` and a
+   per-epoch ``history``) into ``job.results`` and pushes it after each epoch;
+5. saves ``<checkpoint_dir>/<job id>.weights.h5`` at the end of ``fit``,
+   records it as ``job.results['model_path']`` for the next job, and prunes
+   the checkpoints no job can need any more (``keep_top_k``).
+
+Checkpoints are Keras weights files (``model.save_weights``), which hold the
+model's variables and the optimizer's, plus a ``schedy`` attribute (JSON: the
+epoch and step counters, the job id and the hyperparameters they were trained
+with). They load into the model the worker built from the job's
+hyperparameters, so any model works -- functional, ``Sequential`` or
+subclassed -- without serializing its architecture, and loading runs no code
+from the shared folder. To use a checkpoint outside schedy, build the model
+and call ``model.load_weights(job.results['model_path'])``.
+
+``epoch`` counts epochs along the lineage: a job that continues a checkpoint
+trained 3 epochs reports epochs 4, 5, ... although ``fit`` counts from 0
+again (``fit(initial_epoch=...)`` cannot be set from a callback). ``step`` is
+``optimizer.iterations``, which the checkpoint carries on.
+
+A learning rate given as a ``keras.optimizers.schedules.LearningRateSchedule``
+(or a callable) cannot be set: the schedule owns it. Since the callback
+restores ``optimizer.iterations``, the schedule goes on where the parent left
+it. Build the schedule from the job's hyperparameter and tell schedy not to
+touch it, with ``optimizer_hyperparameters={'learning_rate': None}``; without
+that the callback refuses such an optimizer at the start of ``fit`` rather
+than silently ignore the job's learning rate.
+
+Works with any Keras 3 backend that ``model.fit`` supports (tested on torch);
+this module imports ``keras`` but never chooses its backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeGuard
+
+try:
+    import keras
+except ImportError as error:  # e.g. no KERAS_BACKEND set and no TensorFlow, Keras' default
+    raise ImportError(
+        "schedy.integrations.keras needs Keras 3 with a backend it can import: "
+        "pip install keras torch, and set KERAS_BACKEND=torch (or jax) before keras is imported "
+        f"({error})"
+    ) from error
+import h5py  # a dependency of Keras 3 itself: it writes the weights files
+
+if int(keras.__version__.split(".", 1)[0]) < 3:
+    raise ImportError(
+        f"schedy.integrations.keras needs Keras 3 (found {keras.__version__}): pip install -U keras"
+    )
+
+from .. import _values
+from . import _core
+from ._checkpoints import prune_checkpoints
+from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
+
+__all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
+
+logger = logging.getLogger(__name__)
+
+#: The callback saves ``<checkpoint_dir>/<job id>.weights.h5`` (the suffix
+#: ``model.save_weights`` requires).
+CHECKPOINT_SUFFIX = ".weights.h5"
+
+# The HDF5 attribute of the checkpoint's root that holds schedy's JSON metadata.
+_METADATA_ATTRIBUTE = "schedy"
+# `_core` names the learning rate "lr" (torch's key); Keras calls it "learning_rate".
+_LR = "lr"
+_KERAS_LR = "learning_rate"
+
+_VALIDATION_HINT = (
+    "No validation ran in this job: a 'val_' metric needs validation_data= (or "
+    "validation_split=) in model.fit, and validation_freq <= epochs_per_job."
+)
+
+
+class SchedyCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped
+    """Run one schedy job in ``model.fit`` -- restore, re-apply hyperparameters, train, save.
+
+    Args:
+        job: the job from ``experiment.next_job()``.
+        monitor: the logged metric PBT ranks by (e.g. ``'val_accuracy'``); it
+            is reported as ``job.results[monitor]``. Missing at an epoch end
+            after validation ran in this job (or at the end of the job):
+            :class:`~schedy.integrations.MissingMetricError` listing the
+            metrics that exist.
+        epochs_per_job: epochs each job trains, counted from where it resumed;
+            ``fit``'s ``epochs`` can stay large.
+        checkpoint_dir: folder (or fsspec URL) every worker can read; default
+            ``$SCHEDY_CHECKPOINT_DIR``, else ``./checkpoints``.
+        optimizer_hyperparameters: extra ``{job hyperparameter: optimizer
+            attribute}`` to re-apply after a restore, e.g. ``{'wd':
+            'weight_decay', 'b1': 'beta_1'}``; ``learning_rate`` and ``lr``
+            set the optimizer's ``learning_rate`` by default (map one to
+            ``None`` to drop it). Attributes the optimizer lacks are refused
+            at the start of ``fit``.
+        keep_top_k: after saving, delete the checkpoints of the experiment in
+            ``checkpoint_dir`` that no job may continue from, keeping those of
+            the ``keep_top_k`` best jobs too; ``None`` keeps everything.
+            Needs a job from a store (a ``job.experiment``).
+
+    Re-applying follows :func:`schedy.integrations._core.update_param_group`:
+    a value equal to the one the checkpoint was trained with leaves the
+    restored state as it is (so a plain continuation is uninterrupted
+    training, a rate lowered by ``ReduceLROnPlateau`` included); a changed
+    learning rate scales the restored one by ``new / old``; other values are
+    set. Without a checkpoint to restore, the optimizer is left as the model
+    was compiled from the job's hyperparameters.
+    """
+
+    def __init__(
+        self,
+        job: JobLike,
+        monitor: str,
+        *,
+        epochs_per_job: int = 1,
+        checkpoint_dir: PathLike | None = None,
+        optimizer_hyperparameters: OptimizerMapping | None = None,
+        keep_top_k: int | None = 1,
+    ) -> None:
+        super().__init__()
+        self.job = job
+        self.monitor = _core.check_monitor(monitor)
+        self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
+        self.keep_top_k = _check_keep_top_k(keep_top_k)
+        _core.resolve_mapping(optimizer_hyperparameters)  # a TypeError for a non-mapping
+        self.optimizer_hyperparameters = optimizer_hyperparameters
+        # Resolved now, so that a bad mapping fails before any training.
+        self.optimizer_values = _keras_names(
+            _core.optimizer_values(job.hyperparameters, optimizer_hyperparameters)
+        )
+        #: The folder (or URL) checkpoints are saved in and pruned from.
+        self.checkpoint_dir = _core.checkpoint_dir(checkpoint_dir)
+        #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
+        self.checkpoint_path = _core.checkpoint_path(self.checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
+        self._reset()
+
+    def _reset(self) -> None:
+        #: Lineage epoch at which this job's budget started.
+        self.start_epoch: int | None = None
+        #: Lineage epoch at which this ``fit`` started (the restored checkpoint's).
+        self.initial_epoch = 0
+        #: Epochs this ``fit`` completed so far.
+        self.epochs_run = 0
+        #: The checkpoint this callback restored (None: fresh start).
+        self.restored_from: str | None = None
+        #: Why ``fit`` was stopped, once the budget is spent.
+        self.stopping_reason: str | None = None
+        self._training = False
+        self._validated = False
+        self._last_metrics: dict[str, float] | None = None
+
+    # -- pure decisions ----------------------------------------------------
+    def budget_decision(self, epochs_completed: int) -> tuple[bool, str | None]:
+        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done."""
+        start = epochs_completed - 1 if self.start_epoch is None else self.start_epoch
+        return _core.budget_decision(start, epochs_completed, self.epochs_per_job)
+
+    def epoch_metrics(self, logs: Mapping[str, Any], *, final: bool) -> dict[str, float]:
+        """The scalar metrics to report for an epoch, as floats.
+
+        The monitor is required once a validation run has ended in this job,
+        or at its end: then it is misnamed, not merely early (with
+        ``validation_freq=2`` the first epoch has no ``val_`` metrics yet,
+        and is reported without them).
+        """
+        metrics = _core.extract_metrics(logs)
+        if self.monitor not in metrics and (self._validated or final):
+            raise MissingMetricError(
+                self.monitor, metrics, "" if self._validated else _VALIDATION_HINT
+            )
+        return metrics
+
+    # -- hooks -------------------------------------------------------------
+    def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._reset()
+        self._training = True
+        model = self.model
+        optimizer = _optimizer_of(model)
+        _check_targets(optimizer, self.optimizer_values)
+        path = self.job.results.get(MODEL_PATH_KEY)
+        if not path:
+            self.start_epoch = self.initial_epoch = 0
+            return
+        metadata = self._restore(model, optimizer, str(path))
+        previous_hyperparameters = metadata.get("hyperparameters")
+        previous = (
+            _keras_names(
+                _core.optimizer_values(
+                    previous_hyperparameters, self.optimizer_hyperparameters, strict=False
+                )
+            )
+            if isinstance(previous_hyperparameters, Mapping)
+            else None
+        )
+        apply_optimizer_values(optimizer, self.optimizer_values, previous)
+        self.initial_epoch = _lineage_epoch(metadata, self.job.results)
+        if metadata.get("job_id") == self.job.id and _is_count(metadata.get("start_epoch")):
+            self.start_epoch = metadata["start_epoch"]  # this very job, resumed mid-budget
+        else:
+            self.start_epoch = self.initial_epoch
+
+    def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        # fit() runs validation through evaluate() with the same callbacks.
+        if self._training:
+            self._validated = True
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+        # `epoch` is fit's own index (from its initial_epoch); the lineage's is ours.
+        self.epochs_run += 1
+        epochs_completed = self.initial_epoch + self.epochs_run
+        should_stop, reason = self.budget_decision(epochs_completed)
+        metrics = self.epoch_metrics(logs or {}, final=should_stop)
+        self._last_metrics = metrics
+        step = _iterations(_optimizer_of(self.model))
+        _core.record_epoch(self.job.results, metrics, epoch=epochs_completed, step=step)
+        self.job.put()
+        if should_stop:
+            self.model.stop_training = True
+            self.stopping_reason = reason
+            logger.info("job %s: stopping: %s", self.job.id, reason)
+
+    def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
+        self._training = False
+        if self._last_metrics is None:
+            warnings.warn(
+                f"job {self.job.id}: model.fit ran no epoch (epochs <= initial_epoch?); "
+                "its checkpoint is saved unchanged",
+                stacklevel=2,
+            )
+        elif self.monitor not in self._last_metrics:
+            # fit ended before the budget (its `epochs`, EarlyStopping) on an
+            # epoch without the monitor: PBT could not rank this job.
+            raise MissingMetricError(
+                self.monitor, self._last_metrics, "" if self._validated else _VALIDATION_HINT
+            )
+        path = self._save(self.model)
+        self.job.results[MODEL_PATH_KEY] = path
+        self.job.put()
+        self._prune()
+
+    # -- helpers -----------------------------------------------------------
+    def _restore(self, model: Any, optimizer: Any, path: str) -> dict[str, Any]:
+        """Load weights and optimizer state from ``path``; return its schedy metadata."""
+        if not model.built:
+            raise ValueError(
+                f"job {self.job.id}: the model must be built before its checkpoint {path} is "
+                "restored (model.fit builds it; or call it on a batch of data)"
+            )
+        if not optimizer.built:
+            # Without its variables the optimizer state would be skipped, with a mere warning.
+            optimizer.build(model.trainable_variables)
+        with _local_copy(path, self.job) as local:
+            metadata = _read_metadata(local)
+            model.load_weights(local)
+        step = metadata.get("step")
+        if _is_count(step) and _iterations(optimizer) != step:
+            raise ValueError(
+                f"checkpoint {path} was saved after {step} optimizer steps, but the optimizer "
+                f"restored {_iterations(optimizer)}: its state was not loaded (Keras skips an "
+                "optimizer whose variables differ, with a mere warning). Compile the model with "
+                "the kind of optimizer the checkpoint was trained with "
+                f"({type(optimizer).__name__} here), and a learning rate of the same kind (a "
+                "float, or a schedule: only a float one is a variable of the optimizer)"
+            )
+        self.restored_from = path
+        logger.info(
+            "job %s: restored %s at epoch %s",
+            self.job.id,
+            path,
+            metadata.get("epoch", "(unknown)"),
+        )
+        return metadata
+
+    def _save(self, model: Any) -> str:
+        epoch = self.initial_epoch + self.epochs_run
+        metadata = {
+            "job_id": self.job.id,
+            "hyperparameters": _values.normalize(dict(self.job.hyperparameters), "hyperparameters"),
+            "epoch": epoch,
+            "step": _iterations(_optimizer_of(model)),
+            "start_epoch": self.start_epoch,
+            "monitor": self.monitor,
+            "epochs_per_job": self.epochs_per_job,
+        }
+        _write_checkpoint(model, self.checkpoint_path, metadata)
+        logger.info("job %s: saved %s at epoch %d", self.job.id, self.checkpoint_path, epoch)
+        return self.checkpoint_path
+
+    def _prune(self) -> None:
+        experiment = getattr(self.job, "experiment", None)
+        if self.keep_top_k is None or experiment is None:
+            return
+        if _core.is_url(self.checkpoint_dir) and importlib.util.find_spec("fsspec") is None:
+            return
+        try:
+            prune_checkpoints(experiment, self.checkpoint_dir, keep_top=self.keep_top_k)
+        except Exception:  # housekeeping: the job's training and results stand
+            logger.warning(
+                "job %s: could not prune the checkpoints in %s",
+                self.job.id,
+                self.checkpoint_dir,
+                exc_info=True,
+            )
+
+
+# -- optimizer hyperparameters ---------------------------------------------
+def apply_optimizer_values(
+    optimizer: Any, values: Mapping[str, Any], previous: Mapping[str, Any] | None = None
+) -> None:
+    """Apply ``{attribute: value}`` (``'lr'``: the learning rate) to a Keras optimizer.
+
+    ``previous``: the values the restored state was trained with, when known;
+    as :func:`schedy.integrations._core.update_param_group` decides for a
+    torch param group: an unchanged value is left alone, a new learning rate
+    scales the current one by ``new / previous``, anything else is set.
+    """
+    group = {param: _read(optimizer, param) for param in values}
+    before = dict(group)
+    _core.update_param_group(group, values, previous)
+    for param, value in group.items():
+        if value is not before[param]:
+            _write(optimizer, param, value)
+
+
+def _keras_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with Keras' ``learning_rate`` folded into ``_core``'s ``lr``."""
+    renamed = dict(values)
+    if _KERAS_LR in renamed:
+        value = renamed.pop(_KERAS_LR)
+        if _LR in renamed and renamed[_LR] != value:
+            raise ValueError(
+                f"the job sets the optimizer's learning rate twice ({renamed[_LR]!r} and "
+                f"{value!r}): map only one hyperparameter to it"
+            )
+        renamed[_LR] = value
+    return renamed
+
+
+def _owner(optimizer: Any, param: str) -> Any:
+    """The optimizer holding attribute ``param`` (itself, or the one a LossScaleOptimizer wraps)."""
+    for candidate in (optimizer, getattr(optimizer, "inner_optimizer", None)):
+        if candidate is None or not hasattr(candidate, param):
+            continue
+        value = getattr(candidate, param)
+        if callable(value) and not isinstance(value, keras.Variable):
+            continue  # a method, not a hyperparameter
+        return candidate
+    return None
+
+
+def _check_targets(optimizer: Any, values: Mapping[str, Any]) -> None:
+    """Refuse values this optimizer cannot take, before anything is trained."""
+    for param in values:
+        if param == _LR:
+            if not isinstance(optimizer.learning_rate, keras.Variable):
+                raise ValueError(
+                    f"the optimizer's learning_rate is a LearningRateSchedule (or a callable), "
+                    f"which owns the rate: schedy cannot set the job's learning rate "
+                    f"{values[param]!r} on it. Build the schedule from the job's hyperparameter "
+                    "(e.g. ExponentialDecay(job.hyperparameters['learning_rate'], ...); it goes "
+                    "on from the restored optimizer.iterations) and pass "
+                    "optimizer_hyperparameters={'learning_rate': None} (or {'lr': None}), "
+                    "or compile with a float learning rate"
+                )
+        elif _owner(optimizer, param) is None:
+            known = sorted(name for name in optimizer.get_config() if _owner(optimizer, name))
+            raise ValueError(
+                f"optimizer {type(optimizer).__name__} has no hyperparameter {param!r} to set "
+                f"from the job; its hyperparameters: {known}"
+            )
+
+
+def _read(optimizer: Any, param: str) -> Any:
+    value = optimizer.learning_rate if param == _LR else getattr(_owner(optimizer, param), param)
+    if isinstance(value, keras.Variable):
+        return float(keras.ops.convert_to_numpy(value))
+    return value
+
+
+def _write(optimizer: Any, param: str, value: Any) -> None:
+    if param == _LR:
+        optimizer.learning_rate = value  # assigns its variable
+        return
+    owner = _owner(optimizer, param)
+    current = getattr(owner, param)
+    if isinstance(current, keras.Variable):
+        current.assign(value)
+    else:
+        setattr(owner, param, value)
+
+
+def _optimizer_of(model: Any) -> Any:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        raise ValueError(
+            "SchedyCallback needs a compiled model: call model.compile(optimizer=...) before fit"
+        )
+    return optimizer
+
+
+def _iterations(optimizer: Any) -> int:
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+
+# -- arguments and counters ------------------------------------------------
+def _check_keep_top_k(keep_top_k: Any) -> int | None:
+    if keep_top_k is None:
+        return None
+    if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 0:
+        raise ValueError(
+            "keep_top_k must be an int >= 0 (checkpoints of the best jobs to keep besides "
+            f"those jobs may continue from) or None (keep every checkpoint), not {keep_top_k!r}"
+        )
+    return keep_top_k
+
+
+def _is_count(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _lineage_epoch(metadata: Mapping[str, Any], results: Mapping[str, Any]) -> int:
+    """Epochs trained behind a restored checkpoint: its own record, else the results'."""
+    for candidate in (metadata.get(_core.EPOCH_KEY), results.get(_core.EPOCH_KEY)):
+        if _is_count(candidate):
+            return candidate
+    return 0
+
+
+# -- checkpoint files -------------------------------------------------------
+def _read_metadata(path: str) -> dict[str, Any]:
+    """schedy's metadata in a weights file; ``{}`` for other files (e.g. a ``.keras`` model)."""
+    if not h5py.is_hdf5(path):
+        return {}
+    with h5py.File(path, "r") as file:
+        raw = file.attrs.get(_METADATA_ATTRIBUTE)
+    if raw is None:
+        return {}
+    metadata = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _save_weights(model: Any, path: str, metadata: Mapping[str, Any]) -> None:
+    model.save_weights(path, overwrite=True)
+    with h5py.File(path, "a") as file:
+        file.attrs[_METADATA_ATTRIBUTE] = _values.dumps(metadata)
+
+
+def _write_checkpoint(model: Any, path: str, metadata: Mapping[str, Any]) -> None:
+    """Write ``path`` whole or not at all: a worker killed mid-save leaves no torn file."""
+    if _core.is_url(path):
+        filesystem, location = _fsspec().core.url_to_fs(path)
+        with tempfile.TemporaryDirectory(prefix="schedy-") as folder:
+            local = os.path.join(folder, "checkpoint" + CHECKPOINT_SUFFIX)
+            _save_weights(model, local, metadata)
+            filesystem.makedirs(location.rsplit("/", 1)[0], exist_ok=True)
+            filesystem.put_file(local, location)
+        return
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=CHECKPOINT_SUFFIX)
+    os.close(handle)
+    try:
+        _save_weights(model, temporary, metadata)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+@contextlib.contextmanager
+def _local_copy(path: str, job: JobLike) -> Iterator[str]:
+    """A local file holding checkpoint ``path``; a URL is fetched to a temporary folder.
+
+    Keras reads local files only (remote paths would need TensorFlow's gfile).
+    """
+    if not _core.is_url(path):
+        if not os.path.isfile(path):
+            raise _missing_checkpoint(path, job)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="schedy-") as folder:
+        local = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1])
+        try:
+            with _fsspec().open(path, "rb") as source, open(local, "wb") as target:
+                shutil.copyfileobj(source, target)
+        except FileNotFoundError as error:
+            raise _missing_checkpoint(path, job) from error
+        yield local
+
+
+def _missing_checkpoint(path: str, job: JobLike) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"job {job.id} continues from checkpoint {path} (its results' {MODEL_PATH_KEY!r}), "
+        "which does not exist: checkpoints must be on storage every worker reads, and not "
+        "be deleted while a job may continue from them"
+    )
+
+
+def _fsspec() -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(
+            "checkpoint paths that are URLs need fsspec (and its driver, e.g. s3fs): "
+            "pip install fsspec"
+        ) from None
+    return fsspec

@@ -1,0 +1,376 @@
+"""Lightning: one callback runs the whole PBT worker loop inside a ``Trainer``.
+
+::
+
+    from schedy.integrations.lightning import SchedyCallback
+
+    with experiment.next_job() as job:
+        model = LitNet(**job.hyperparameters)
+        trainer = Trainer(max_epochs=1000, callbacks=[SchedyCallback(job, monitor='val_acc')])
+        trainer.fit(model, datamodule)
+
+For each job the callback
+
+1. restores the checkpoint ``job.results['model_path']`` names, if any (the
+   member's own last one, or a better member's after an exploit): weights,
+   optimizer and LR-scheduler state, loop counters (epoch, global step),
+   precision, datamodule and callback states -- what ``fit(ckpt_path=...)``
+   restores, through public Trainer API only;
+2. re-applies the job's optimizer hyperparameters on top (``learning_rate``
+   or ``lr`` by default, more via ``optimizer_hyperparameters``), so a value
+   PBT perturbed is never overwritten by restored state, and LR schedulers
+   take it as their new base instead of snapping back;
+3. stops the trainer after ``epochs_per_job`` epochs, whatever ``max_epochs``;
+4. reports every logged metric (latest values, ``epoch``, ``step`` and a
+   per-epoch ``history``) into ``job.results`` and pushes it after each epoch;
+5. saves ``<checkpoint_dir>/<job id>.ckpt`` with ``trainer.save_checkpoint``
+   and records it as ``job.results['model_path']`` for the next job.
+
+Works with ``lightning`` and ``pytorch_lightning`` alike: the callback is an
+instance of the ``Callback`` class of each of them that is imported.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import sys
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
+from .torch import apply_optimizer_values
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from lightning.pytorch import Callback as _CallbackBase
+
+__all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
+
+logger = logging.getLogger(__name__)
+
+#: The callback saves ``<checkpoint_dir>/<job id>.ckpt``.
+CHECKPOINT_SUFFIX = ".ckpt"
+
+# The two distributions of Lightning, each with its own (identical) Callback class.
+_PACKAGES = ("lightning.pytorch", "pytorch_lightning")
+
+
+def _loaded_callback_classes() -> list[type]:
+    """The ``Callback`` class of each Lightning package imported so far."""
+    classes = []
+    for name in _PACKAGES:
+        # A None entry blocks an import; a module mid-import may lack Callback yet.
+        callback = getattr(sys.modules.get(name), "Callback", None)
+        if isinstance(callback, type):
+            classes.append(callback)
+    return classes
+
+
+def _primary_callback_class() -> type:
+    """The base ``SchedyCallback`` is defined on: an imported package's, else an installed one's.
+
+    Preferring what is imported already spares a user of one package the
+    seconds it takes to import the other.
+    """
+    loaded = _loaded_callback_classes()
+    if loaded:
+        return loaded[0]
+    for name in _PACKAGES:
+        try:
+            return importlib.import_module(name).Callback  # type: ignore[no-any-return]
+        except ImportError:
+            continue
+    raise ImportError(
+        "schedy.integrations.lightning needs Lightning: pip install lightning "
+        "(or pytorch-lightning)"
+    )
+
+
+if not TYPE_CHECKING:
+    _CallbackBase = _primary_callback_class()
+
+
+class SchedyCallback(_CallbackBase):
+    """Run one schedy job -- restore, re-apply hyperparameters, train a budget, save, report.
+
+    Args:
+        job: the job from ``experiment.next_job()``.
+        monitor: the logged metric PBT ranks by (e.g. ``'val_acc'``); it is
+            reported as ``job.results[monitor]``. Missing at an epoch end
+            after validation ran (or at the end of the job):
+            :class:`~schedy.integrations.MissingMetricError` listing the
+            metrics that exist.
+        epochs_per_job: epochs each job trains, counted from where it resumed.
+        checkpoint_dir: folder (or fsspec URL) every worker can read; default
+            ``$SCHEDY_CHECKPOINT_DIR``, else ``./checkpoints``.
+        optimizer_hyperparameters: extra ``{job hyperparameter: optimizer
+            param-group key}`` to re-apply after a restore, e.g.
+            ``{'momentum': 'momentum', 'wd': 'weight_decay'}``; ``learning_rate``
+            and ``lr`` map to ``lr`` by default (map one to ``None`` to drop it).
+
+    If ``trainer.fit(..., ckpt_path=...)`` is given, that checkpoint is
+    restored (by Lightning) instead of the job's; hyperparameters are
+    re-applied on top either way. Without a checkpoint to restore, the
+    optimizer is left as the module built it from the job's hyperparameters.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SchedyCallback:
+        # Be an instance of each imported package's Callback, so that a
+        # `pytorch_lightning.Trainer` accepts it as readily as a `lightning` one.
+        return super().__new__(_with_loaded_bases(cls))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from the class the user named, so a two-package variant made
+        # by __new__ pickles and deep-copies (spawned DDP workers, copies).
+        declared = getattr(type(self), "_schedy_declared", type(self))
+        return (_new_instance, (declared,), self.__dict__)
+
+    def __init__(
+        self,
+        job: JobLike,
+        monitor: str,
+        *,
+        epochs_per_job: int = 1,
+        checkpoint_dir: PathLike | None = None,
+        optimizer_hyperparameters: OptimizerMapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.job = job
+        self.monitor = _core.check_monitor(monitor)
+        self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
+        self.optimizer_hyperparameters = optimizer_hyperparameters
+        # Resolved now, so that a bad mapping fails before any training.
+        self.optimizer_values = _core.optimizer_values(
+            job.hyperparameters, optimizer_hyperparameters
+        )
+        #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
+        self.checkpoint_path = _core.checkpoint_path(checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
+        self._reset()
+
+    def _reset(self) -> None:
+        #: Lineage epoch at which this job's budget started.
+        self.start_epoch: int | None = None
+        #: The checkpoint this callback restored (None: fresh start or ``fit(ckpt_path=...)``).
+        self.restored_from: str | None = None
+        #: Why the trainer was stopped, once the budget is spent.
+        self.stopping_reason: str | None = None
+        self._restored_state: dict[str, Any] | None = None
+        self._pending: tuple[int, int] | None = None  # (epoch, step) of an epoch not reported yet
+        self._validated = False
+
+    @property
+    def state_key(self) -> str:
+        # Fixed, whichever Lightning package's class this instance was built on.
+        return "SchedyCallback"
+
+    # -- pure decisions ----------------------------------------------------
+    def budget_decision(self, epochs_completed: int) -> tuple[bool, str | None]:
+        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done."""
+        start = epochs_completed - 1 if self.start_epoch is None else self.start_epoch
+        return _core.budget_decision(start, epochs_completed, self.epochs_per_job)
+
+    def epoch_metrics(self, logged: Mapping[str, Any], *, final: bool) -> dict[str, float]:
+        """The scalar metrics to report for an epoch, as floats.
+
+        The monitor is required once a validation run has ended in this job,
+        or at its end: then it is misnamed, not merely early (with
+        ``check_val_every_n_epoch=2`` the first epoch has no validation
+        metrics yet, and is reported without them).
+        """
+        metrics, dropped = _core.without_reserved(_core.extract_metrics(logged))
+        if dropped:
+            warnings.warn(
+                f"logged metrics {dropped} are not reported: schedy writes results of "
+                f"those names itself ({sorted(_core.RESERVED_RESULTS)}); log them under "
+                "other names to have them in job.results",
+                stacklevel=2,
+            )
+        if self.monitor not in metrics and (self._validated or final):
+            hint = f"(self.log({self.monitor!r}, ...) in the LightningModule.)"
+            if not self._validated:
+                hint += (
+                    " No validation ran in this job: a validation metric needs validation_step, "
+                    "val data and check_val_every_n_epoch <= epochs_per_job."
+                )
+            raise MissingMetricError(self.monitor, metrics, hint)
+        return metrics
+
+    # -- hooks -------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._reset()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Optimizers and schedulers exist from here on; Lightning itself
+        # restores training state right after this hook.
+        path = self.job.results.get(MODEL_PATH_KEY)
+        if not path:
+            return
+        if trainer.ckpt_path:
+            logger.info(
+                "job %s: fit(ckpt_path=%s) given, so its results' %s=%s is not restored",
+                self.job.id,
+                trainer.ckpt_path,
+                MODEL_PATH_KEY,
+                path,
+            )
+            return
+        self._restore(trainer, pl_module, str(path))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After every restore (ours, or Lightning's for ckpt_path): the job's values win.
+        if self.restored_from is not None or trainer.ckpt_path:
+            previous_hyperparameters = (self._restored_state or {}).get("hyperparameters")
+            previous = (
+                _core.optimizer_values(
+                    previous_hyperparameters, self.optimizer_hyperparameters, strict=False
+                )
+                if isinstance(previous_hyperparameters, Mapping)
+                else None
+            )
+            apply_optimizer_values(
+                trainer.optimizers,
+                [config.scheduler for config in trainer.lr_scheduler_configs],
+                self.optimizer_values,
+                previous,
+            )
+        state = self._restored_state or {}
+        if state.get("job_id") == self.job.id and isinstance(state.get("start_epoch"), int):
+            self.start_epoch = state["start_epoch"]  # this very job, resumed mid-budget
+        else:
+            self.start_epoch = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The previous epoch is reported here rather than at its end: callbacks
+        # run before LightningModule.on_train_epoch_end, whose metrics would be missed.
+        self._report(trainer, final=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epochs_completed = trainer.current_epoch + 1
+        self._pending = (epochs_completed, trainer.global_step)
+        should_stop, reason = self.budget_decision(epochs_completed)
+        if should_stop:
+            trainer.should_stop = True
+            self.stopping_reason = reason
+            logger.info("job %s: stopping: %s", self.job.id, reason)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._report(trainer, final=True)
+        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+        if trainer.is_global_zero:
+            self.job.results[MODEL_PATH_KEY] = self.checkpoint_path
+            self.job.put()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job.id,
+            "hyperparameters": dict(self.job.hyperparameters),
+            "start_epoch": self.start_epoch,
+            "monitor": self.monitor,
+            "epochs_per_job": self.epochs_per_job,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Kept for on_train_start: the hyperparameters the restored state was
+        # trained with, and where the budget started if it is this same job.
+        self._restored_state = dict(state_dict)
+
+    # -- helpers -----------------------------------------------------------
+    def _report(self, trainer: pl.Trainer, *, final: bool) -> None:
+        if self._pending is None:
+            return
+        metrics = self.epoch_metrics(trainer.callback_metrics, final=final)
+        epoch, step = self._pending
+        self._pending = None
+        if trainer.is_global_zero:
+            _core.record_epoch(self.job.results, metrics, epoch=epoch, step=step)
+            self.job.put()
+
+    def _restore(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: str) -> None:
+        """What ``fit(ckpt_path=path)`` restores, through public API."""
+        try:
+            checkpoint = trainer.strategy.load_checkpoint(path)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(
+                f"job {self.job.id} continues from checkpoint {path} (its results' "
+                f"{MODEL_PATH_KEY!r}), which does not exist: checkpoints must be on storage "
+                "every worker reads, and not be deleted while a job may continue from them"
+            ) from error
+        pl_module.on_load_checkpoint(checkpoint)
+        trainer.strategy.load_model_state_dict(
+            checkpoint, strict=getattr(pl_module, "strict_loading", True)
+        )
+        # `datamodule` and `callbacks` are public Trainer attributes that its stubs do not declare.
+        datamodule = getattr(trainer, "datamodule", None)
+        if datamodule is not None and type(datamodule).__qualname__ in checkpoint:
+            datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
+        callbacks = getattr(trainer, "callbacks", ())
+        callback_states = checkpoint.get("callbacks") or {}
+        for callback in callbacks:  # all hooks first, then all states, as Lightning does
+            callback.on_load_checkpoint(trainer, pl_module, checkpoint)
+        for callback in callbacks:
+            state = callback_states.get(callback.state_key)
+            if state:
+                callback.load_state_dict(copy.deepcopy(state))
+        precision = trainer.precision_plugin
+        precision.on_load_checkpoint(checkpoint)
+        if type(precision).__qualname__ in checkpoint:
+            precision.load_state_dict(checkpoint[type(precision).__qualname__])
+        if "loops" in checkpoint:
+            trainer.fit_loop.load_state_dict(checkpoint["loops"]["fit_loop"])
+        if trainer.strategy.lightning_restore_optimizer:
+            states = checkpoint.get("optimizer_states")
+            if states is None or len(states) != len(trainer.optimizers):
+                raise ValueError(
+                    f"checkpoint {path} holds {0 if states is None else len(states)} optimizer "
+                    f"state(s) but the model has {len(trainer.optimizers)} optimizer(s); it must "
+                    "be a full checkpoint of the same model (not weights_only)"
+                )
+            trainer.strategy.load_optimizer_state_dict(checkpoint)
+        scheduler_states = checkpoint.get("lr_schedulers") or []
+        for config, scheduler_state in zip(trainer.lr_scheduler_configs, scheduler_states):
+            config.scheduler.load_state_dict(scheduler_state)
+        self.restored_from = path
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs >= 0 and trainer.current_epoch >= max_epochs:
+            warnings.warn(
+                f"job {self.job.id} resumed at epoch {trainer.current_epoch}, which reaches "
+                f"Trainer(max_epochs={max_epochs}): it will not train. schedy stops each job "
+                "after epochs_per_job epochs, so max_epochs can stay large; end the lineage "
+                "with the experiment's max_generations instead",
+                stacklevel=2,
+            )
+        logger.info("job %s: restored %s at epoch %d", self.job.id, path, trainer.current_epoch)
+
+
+_variants: dict[type, type] = {}
+
+
+def _with_loaded_bases(cls: type) -> type:
+    """``cls``, or a subclass also deriving from the imported packages' ``Callback`` it lacks."""
+    missing = tuple(base for base in _loaded_callback_classes() if not issubclass(cls, base))
+    if not missing:
+        return cls
+    variant = _variants.get(cls)
+    if variant is None or not all(issubclass(variant, base) for base in missing):
+        namespace = {
+            "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+            "_schedy_declared": cls,  # what __reduce__ rebuilds from
+        }
+        variant = type(cls.__name__, (cls, *missing), namespace)
+        _variants[cls] = variant
+    return variant
+
+
+def _new_instance(cls: type[SchedyCallback]) -> SchedyCallback:
+    """Unpickling: an empty instance of ``cls`` (or its variant for the packages imported now)."""
+    return cls.__new__(cls)
