@@ -15,6 +15,7 @@ RUNNING, or whose DONE made it a member's head, at snapshot time — both kept.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Iterable
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["prune_checkpoints"]
+__all__ = ["check_keep_top_k", "prune_after_save", "prune_checkpoints"]
 
 
 def _is_url(path: str) -> bool:
@@ -126,3 +127,34 @@ def _candidates(
         except NotFoundError:
             continue  # not one of ours: never touch it
         yield path
+
+
+def check_keep_top_k(keep_top_k: Any) -> int | None:
+    """Validate a callback's ``keep_top_k`` (``None``: keep every checkpoint)."""
+    if keep_top_k is None:
+        return None
+    if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 0:
+        raise ValueError(
+            "keep_top_k must be an int >= 0 (checkpoints of the best jobs to keep besides "
+            f"those jobs may continue from) or None (keep every checkpoint), not {keep_top_k!r}"
+        )
+    return keep_top_k
+
+
+def prune_after_save(job: Any, directory: str, keep_top_k: int | None) -> None:
+    """What a callback does after saving a job's checkpoint: prune, never fail the job.
+
+    Skipped for ``keep_top_k=None``, for a job object without an experiment
+    (a stub), and for a URL folder when fsspec is missing.
+    """
+    experiment = getattr(job, "experiment", None)
+    if keep_top_k is None or experiment is None:
+        return
+    if _is_url(directory) and importlib.util.find_spec("fsspec") is None:
+        return
+    try:
+        prune_checkpoints(experiment, directory, keep_top=keep_top_k)
+    except Exception:  # housekeeping: the job's training and results stand
+        logger.warning(
+            "job %s: could not prune the checkpoints in %s", job.id, directory, exc_info=True
+        )

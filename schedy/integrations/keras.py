@@ -54,7 +54,6 @@ this module imports ``keras`` but never chooses its backend.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -81,7 +80,7 @@ if int(keras.__version__.split(".", 1)[0]) < 3:
 
 from .. import _values
 from . import _core
-from ._checkpoints import prune_checkpoints
+from ._checkpoints import check_keep_top_k, prune_after_save
 from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
 
 __all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
@@ -152,7 +151,7 @@ class SchedyCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras i
         self.job = job
         self.monitor = _core.check_monitor(monitor)
         self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
-        self.keep_top_k = _check_keep_top_k(keep_top_k)
+        self.keep_top_k = check_keep_top_k(keep_top_k)
         _core.resolve_mapping(optimizer_hyperparameters)  # a TypeError for a non-mapping
         self.optimizer_hyperparameters = optimizer_hyperparameters
         # Resolved now, so that a bad mapping fails before any training.
@@ -318,20 +317,7 @@ class SchedyCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras i
         return self.checkpoint_path
 
     def _prune(self) -> None:
-        experiment = getattr(self.job, "experiment", None)
-        if self.keep_top_k is None or experiment is None:
-            return
-        if _core.is_url(self.checkpoint_dir) and importlib.util.find_spec("fsspec") is None:
-            return
-        try:
-            prune_checkpoints(experiment, self.checkpoint_dir, keep_top=self.keep_top_k)
-        except Exception:  # housekeeping: the job's training and results stand
-            logger.warning(
-                "job %s: could not prune the checkpoints in %s",
-                self.job.id,
-                self.checkpoint_dir,
-                exc_info=True,
-            )
+        prune_after_save(self.job, self.checkpoint_dir, self.keep_top_k)
 
 
 # -- optimizer hyperparameters ---------------------------------------------
@@ -434,15 +420,6 @@ def _iterations(optimizer: Any) -> int:
 
 
 # -- arguments and counters ------------------------------------------------
-def _check_keep_top_k(keep_top_k: Any) -> int | None:
-    if keep_top_k is None:
-        return None
-    if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 0:
-        raise ValueError(
-            "keep_top_k must be an int >= 0 (checkpoints of the best jobs to keep besides "
-            f"those jobs may continue from) or None (keep every checkpoint), not {keep_top_k!r}"
-        )
-    return keep_top_k
 
 
 def _is_count(value: Any) -> TypeGuard[int]:

@@ -41,6 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._checkpoints import check_keep_top_k, prune_after_save
 from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
 from .torch import apply_optimizer_values
 
@@ -111,6 +112,9 @@ class SchedyCallback(_CallbackBase):
             param-group key}`` to re-apply after a restore, e.g.
             ``{'momentum': 'momentum', 'wd': 'weight_decay'}``; ``learning_rate``
             and ``lr`` map to ``lr`` by default (map one to ``None`` to drop it).
+        keep_top_k: after saving, delete the experiment's checkpoints in
+            ``checkpoint_dir`` that no job can need any more, keeping those of
+            the ``keep_top_k`` best jobs too; ``None`` keeps everything.
 
     If ``trainer.fit(..., ckpt_path=...)`` is given, that checkpoint is
     restored (by Lightning) instead of the job's; hyperparameters are
@@ -137,9 +141,12 @@ class SchedyCallback(_CallbackBase):
         epochs_per_job: int = 1,
         checkpoint_dir: PathLike | None = None,
         optimizer_hyperparameters: OptimizerMapping | None = None,
+        keep_top_k: int | None = 1,
     ) -> None:
         super().__init__()
         self.job = job
+        self.keep_top_k = check_keep_top_k(keep_top_k)
+        self.checkpoint_dir = _core.checkpoint_dir(checkpoint_dir)
         self.monitor = _core.check_monitor(monitor)
         self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
         self.optimizer_hyperparameters = optimizer_hyperparameters
@@ -148,7 +155,7 @@ class SchedyCallback(_CallbackBase):
             job.hyperparameters, optimizer_hyperparameters
         )
         #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
-        self.checkpoint_path = _core.checkpoint_path(checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
+        self.checkpoint_path = _core.checkpoint_path(self.checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
         self._reset()
 
     def _reset(self) -> None:
@@ -268,6 +275,7 @@ class SchedyCallback(_CallbackBase):
         if trainer.is_global_zero:
             self.job.results[MODEL_PATH_KEY] = self.checkpoint_path
             self.job.put()
+            prune_after_save(self.job, self.checkpoint_dir, self.keep_top_k)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -28,7 +28,7 @@ h5py = pytest.importorskip("h5py")
 
 import schedy  # noqa: E402  (after the importorskips)
 from schedy.integrations import MissingMetricError  # noqa: E402
-from schedy.integrations import keras as schedy_keras  # noqa: E402
+from schedy.integrations import _checkpoints as schedy_checkpoints  # noqa: E402
 from schedy.integrations.keras import SchedyCallback  # noqa: E402
 
 # Keras' own conversions, under numpy 2: not ours to fix.
@@ -255,7 +255,7 @@ def test_pruning_is_asked_for_with_keep_top_k(
 ) -> None:
     calls: list[tuple[Any, str, int]] = []
     monkeypatch.setattr(
-        schedy_keras,
+        schedy_checkpoints,
         "prune_checkpoints",
         lambda experiment, folder, keep_top: calls.append((experiment, folder, keep_top)),
     )

@@ -443,6 +443,9 @@ def test_pbt_lineages_end_to_end(tmp_path: Path) -> None:
         elif "model_path" in inherited:
             continued += 1
     assert exploited and continued, (exploited, continued)
+    # Pruning (keep_top_k=1): member heads, the best job, and at most the parent
+    # of the job that finished last remain of the six checkpoints written.
+    assert len(list(checkpoints.glob("*.ckpt"))) <= 2 + 1 + 1
 
 
 def test_continuation_equals_uninterrupted_training(make_job: Job, tmp_path: Path) -> None:
