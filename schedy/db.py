@@ -16,6 +16,18 @@ DEFAULT_URL = "sqlite:///./schedy.db"
 _SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
 
+def _lease_from_environment() -> float:
+    text = os.environ.get("SCHEDY_LEASE_SECONDS")
+    if not text:
+        return 60.0
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"$SCHEDY_LEASE_SECONDS must be a number of seconds, not {text!r}"
+        ) from None
+
+
 def _open_storage(url: str, options: dict[str, Any]) -> Storage:
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
@@ -49,19 +61,22 @@ class SchedyDB:
     SQLAlchemy URL) or ``http(s)://host:port`` (a schedy server). Without it,
     ``$SCHEDY_URL`` is used, else the embedded ``sqlite:///./schedy.db``.
 
-    ``lease_seconds`` (default 60) is how long a claimed job stays a worker's
-    without a heartbeat; a worker killed mid-job frees its PBT member that
-    long after its last heartbeat. Other options go to the backend (for SQL:
-    SQLAlchemy ``create_engine`` arguments).
+    ``lease_seconds`` (default ``$SCHEDY_LEASE_SECONDS``, else 60) is how long
+    a claimed job stays a worker's without a heartbeat; a worker killed
+    mid-job frees its PBT member that long after its last heartbeat. Other
+    options go to the backend (for SQL: SQLAlchemy ``create_engine``
+    arguments).
     """
 
     def __init__(
-        self, url: str | None = None, *, lease_seconds: float = 60.0, **options: Any
+        self, url: str | None = None, *, lease_seconds: float | None = None, **options: Any
     ) -> None:
         if url is None:
             url = os.environ.get("SCHEDY_URL") or DEFAULT_URL
         if not isinstance(url, str) or not url:
             raise TypeError(f"url must be a non-empty string, not {url!r}")
+        if lease_seconds is None:
+            lease_seconds = _lease_from_environment()
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self.url = url

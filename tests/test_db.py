@@ -120,3 +120,13 @@ def test_public_api_names() -> None:
         "run_workers",
     }
     assert os.path.basename(schedy.__file__) == "__init__.py"
+
+
+def test_lease_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    monkeypatch.setenv("SCHEDY_LEASE_SECONDS", "2.5")
+    assert schedy.SchedyDB(url)._lease_seconds == 2.5
+    assert schedy.SchedyDB(url, lease_seconds=7)._lease_seconds == 7
+    monkeypatch.setenv("SCHEDY_LEASE_SECONDS", "soon")
+    with pytest.raises(ValueError, match="SCHEDY_LEASE_SECONDS"):
+        schedy.SchedyDB(url)
