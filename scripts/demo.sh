@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The main example: set up .venv, then run PBT with several local worker
-# processes on the embedded SQLite store (./schedy.db) and print the best job
-# and its hyperparameter schedule.
+# The main example: set up .venv, then run PBT on digits with 2 local Lightning
+# worker processes on the embedded SQLite store (./schedy.db), and print the
+# population, the best job, its score and its hyperparameter schedule.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-.venv/bin/python examples/toy_pbt.py --workers 4 "$@"
+.venv/bin/python examples/pbt_mnist/run.py --framework lightning --workers 2 --dataset digits \
+    --population 6 --generations 8 "$@"
