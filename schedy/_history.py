@@ -11,6 +11,7 @@ for members that are ahead, keeping a claim cheap.
 
 from __future__ import annotations
 
+import functools
 import json
 
 #: Generations of scores kept per member (a member rarely runs further ahead).
@@ -30,7 +31,14 @@ def score_at(text: str | None, generation: int) -> tuple[bool, float | None]:
     if not text:
         return False, None
     best: tuple[bool, float | None] = (False, None)
-    for entry_generation, score in json.loads(text):
+    for entry_generation, score in _parse(text):
         if entry_generation is not None and entry_generation <= generation:
             best = (True, score)
     return best
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(text: str) -> tuple[tuple[int | None, float | None], ...]:
+    """Parsed once per distinct history: a member's text only changes when it
+    finishes a job, while every claim reads the histories of members ahead."""
+    return tuple((generation, score) for generation, score in json.loads(text))

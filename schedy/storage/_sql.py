@@ -530,6 +530,12 @@ class SQLStorage(Storage):
                         if "schedy_jobs" in str(original) and time.monotonic() < deadline:
                             continue  # a job id clash: draw another id
                         raise _IntegrityConflict(str(original)) from error
+                if "no such column" in str(original) or "no such table" in str(original):
+                    raise StorageError(
+                        f"{self._safe_url()} does not have the tables this schedy expects "
+                        f"({original}): it was probably written by a development version of "
+                        "schedy. Use a new store file, or export and re-create the experiments."
+                    ) from error
                 raise StorageError(
                     f"database error on {self._safe_url()}: {original}. Check that the "
                     "database is running and the URL is right; nothing was written."
