@@ -246,11 +246,12 @@ class Normal(_NumericDistribution):
     _ARGS_SPEC = '{"mean": number, "std": number > 0}'
 
     def __init__(self, mean: float, std: float) -> None:
-        self.mean = _number(mean, "Normal mean")
-        self.std = _number(std, "Normal std")
+        name = type(self).__name__
+        self.mean = _number(mean, f"{name} mean")
+        self.std = _number(std, f"{name} std")
         if not self.std > 0:
             raise ValueError(
-                f"Normal(mean={mean!r}, std={std!r}): std must be > 0; "
+                f"{name}(mean={mean!r}, std={std!r}): std must be > 0; "
                 "for a fixed value use Constant"
             )
 
@@ -271,7 +272,7 @@ class Normal(_NumericDistribution):
         return cls(checked["mean"], checked["std"])
 
 
-class LogNormal(_NumericDistribution):
+class LogNormal(Normal):
     """Positive floats whose logarithm is N(``mean``, ``std``).
 
     ``mean`` and ``std`` are those of the logarithm, as in
@@ -279,16 +280,6 @@ class LogNormal(_NumericDistribution):
     """
 
     _FUNC_NAME = "lognormal"
-    _ARGS_SPEC = '{"mean": number, "std": number > 0}'
-
-    def __init__(self, mean: float, std: float) -> None:
-        self.mean = _number(mean, "LogNormal mean")
-        self.std = _number(std, "LogNormal std")
-        if not self.std > 0:
-            raise ValueError(
-                f"LogNormal(mean={mean!r}, std={std!r}): std must be > 0; "
-                "for a fixed value use Constant"
-            )
 
     def sample(self, rng: random.Random | None = None) -> float:
         """Draw a float exp(x) with x from N(mean, std)."""
@@ -296,14 +287,6 @@ class LogNormal(_NumericDistribution):
 
     def _bounds(self) -> tuple[float | None, float | None]:
         return (0.0, None)
-
-    def _args(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std}
-
-    @classmethod
-    def _from_args(cls, args: Any) -> Self:
-        checked = _check_keys(cls._FUNC_NAME, cls._ARGS_SPEC, args, ("mean", "std"))
-        return cls(checked["mean"], checked["std"])
 
 
 class IntUniform(_NumericDistribution):

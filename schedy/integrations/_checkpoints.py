@@ -37,14 +37,9 @@ def _is_url(path: str) -> bool:
 
 def _filesystem(directory: str) -> Any:
     """The fsspec filesystem of a URL (``s3://…``, ``memory://…``)."""
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(
-            f"checkpoint folder {directory!r} is a URL: install fsspec (and its driver, "
-            "e.g. s3fs) to use it, or use a shared local path"
-        ) from None
-    return fsspec.filesystem(directory.split("://", 1)[0])
+    from ._core import fsspec_module
+
+    return fsspec_module().filesystem(directory.split("://", 1)[0])
 
 
 def _list(directory: str) -> list[str]:

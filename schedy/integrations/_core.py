@@ -373,6 +373,18 @@ def is_url(path: PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def fsspec_module() -> Any:
+    """fsspec, imported only for URL checkpoint paths, with a clear error if absent."""
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(
+            "checkpoint paths that are URLs need fsspec (and its driver, e.g. s3fs): "
+            "pip install fsspec"
+        ) from None
+    return fsspec
+
+
 def checkpoint_dir(directory: PathLike | None = None) -> str:
     """The checkpoint folder: ``directory``, else ``$SCHEDY_CHECKPOINT_DIR``, else ``checkpoints``.
 

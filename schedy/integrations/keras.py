@@ -456,7 +456,7 @@ def _save_weights(model: Any, path: str, metadata: Mapping[str, Any]) -> None:
 def _write_checkpoint(model: Any, path: str, metadata: Mapping[str, Any]) -> None:
     """Write ``path`` whole or not at all: a worker killed mid-save leaves no torn file."""
     if _core.is_url(path):
-        filesystem, location = _fsspec().core.url_to_fs(path)
+        filesystem, location = _core.fsspec_module().core.url_to_fs(path)
         with tempfile.TemporaryDirectory(prefix="schedy-") as folder:
             local = os.path.join(folder, "checkpoint" + CHECKPOINT_SUFFIX)
             _save_weights(model, local, metadata)
@@ -490,7 +490,7 @@ def _local_copy(path: str, job: JobLike) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="schedy-") as folder:
         local = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1])
         try:
-            with _fsspec().open(path, "rb") as source, open(local, "wb") as target:
+            with _core.fsspec_module().open(path, "rb") as source, open(local, "wb") as target:
                 shutil.copyfileobj(source, target)
         except FileNotFoundError as error:
             raise _missing_checkpoint(path, job) from error
@@ -503,14 +503,3 @@ def _missing_checkpoint(path: str, job: JobLike) -> FileNotFoundError:
         "which does not exist: checkpoints must be on storage every worker reads, and not "
         "be deleted while a job may continue from them"
     )
-
-
-def _fsspec() -> Any:
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(
-            "checkpoint paths that are URLs need fsspec (and its driver, e.g. s3fs): "
-            "pip install fsspec"
-        ) from None
-    return fsspec

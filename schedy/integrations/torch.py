@@ -45,6 +45,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import _values
+from . import _core
 from ._core import (
     MODEL_PATH_KEY,
     SCHEDULED_PARAMS,
@@ -242,21 +243,10 @@ def report(
     return values
 
 
-def _fsspec() -> Any:
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(
-            "checkpoint paths that are URLs need fsspec (and its driver, e.g. s3fs): "
-            "pip install fsspec"
-        ) from None
-    return fsspec
-
-
 def _load(path: str, map_location: Any, weights_only: bool, job: JobLike) -> dict[str, Any]:
     try:
         if is_url(path):
-            with _fsspec().open(path, "rb") as file:
+            with _core.fsspec_module().open(path, "rb") as file:
                 buffer = io.BytesIO(file.read())
             checkpoint = torch.load(buffer, map_location=map_location, weights_only=weights_only)
         else:
@@ -277,7 +267,7 @@ def _load(path: str, map_location: Any, weights_only: bool, job: JobLike) -> dic
 
 def _write(checkpoint: dict[str, Any], path: str) -> None:
     if is_url(path):
-        filesystem, location = _fsspec().core.url_to_fs(path)
+        filesystem, location = _core.fsspec_module().core.url_to_fs(path)
         filesystem.makedirs(location.rsplit("/", 1)[0], exist_ok=True)
         with filesystem.open(location, "wb") as file:
             torch.save(checkpoint, file)
