@@ -831,12 +831,13 @@ class SQLStorage(Storage):
             )
         # Normalize before the transaction: an unstorable value writes nothing.
         values: dict[str, Any] = {}
+        hyperparameters = results = None
         if update.hyperparameters is not None:
-            values["hyperparameters"] = _values.dumps(
-                _values.normalize_mapping(update.hyperparameters, "hyperparameters")
-            )
+            hyperparameters = _values.normalize_mapping(update.hyperparameters, "hyperparameters")
+            values["hyperparameters"] = _values.dumps(hyperparameters)
         if update.results is not None:
-            values["results"] = _values.dumps(_values.normalize_mapping(update.results, "results"))
+            results = _values.normalize_mapping(update.results, "results")
+            values["results"] = _values.dumps(results)
         if update.error is not None:
             values["error"] = update.error
 
@@ -859,21 +860,28 @@ class SQLStorage(Storage):
             if status != RUNNING:
                 new_values["lease_token"] = None
                 new_values["lease_expires_at"] = None
+            record = JobRecord(
+                id=row.id,
+                experiment=experiment,
+                status=status,
+                # Parse only what this update does not replace.
+                hyperparameters=(
+                    _values.loads(row.hyperparameters)
+                    if hyperparameters is None
+                    else hyperparameters
+                ),
+                results=_values.loads(row.results) if results is None else results,
+                member=row.member,
+                generation=row.generation,
+                parent_id=row.parent_id,
+                exploited_from=row.exploited_from,
+                error=row.error if update.error is None else update.error,
+                created_at=row.created_at,
+                updated_at=now,
+            )
             if status == DONE:
-                results = (
-                    update.results if update.results is not None else _values.loads(row.results)
-                )
-                new_values["score"] = self._experiment_object(exp_row)._score(results)
+                new_values["score"] = self._experiment_object(exp_row)._score(record.results)
             _update(connection, "schedy_jobs", "seq = :key_seq", dict(new_values, key_seq=row.seq))
-            record = self._job_record(row, experiment)
-            record.status = status
-            record.updated_at = now
-            if update.hyperparameters is not None:
-                record.hyperparameters = _values.loads(new_values["hyperparameters"])
-            if update.results is not None:
-                record.results = _values.loads(new_values["results"])
-            if update.error is not None:
-                record.error = update.error
             if (
                 row.member is not None
                 and status != row.status
