@@ -75,8 +75,10 @@ def test_example_runs_pbt_with_two_worker_processes(tmp_path: Path, framework: s
     assert 4 <= len(checkpoints) <= 4 + 2 + 1  # heads + in flight + the best
 
 
-def test_worker_killed_mid_epoch_is_recovered(tmp_path: Path) -> None:
+@pytest.mark.parametrize("framework", ["lightning", "keras", "torch"])
+def test_worker_killed_mid_epoch_is_recovered(tmp_path: Path, framework: str) -> None:
     pytest.importorskip("torch")
+    pytest.importorskip(MODULES[framework])
     env = _environment(tmp_path)
     env["SCHEDY_LEASE_SECONDS"] = "2"
     url = f"sqlite:///{tmp_path}/schedy.db"
@@ -85,7 +87,8 @@ def test_worker_killed_mid_epoch_is_recovered(tmp_path: Path) -> None:
          "--generations", "2", "--max-layers", "2", "--seed", "3"],
         check=True, env=env, cwd=tmp_path,
     )  # fmt: skip
-    worker = [sys.executable, str(EXAMPLE / "torch_worker.py"), "--db", url, "--dataset", "digits"]
+    script = EXAMPLE / f"{framework}_worker.py"
+    worker = [sys.executable, str(script), "--db", url, "--dataset", "digits"]
     # Batches of one make an epoch last seconds: the kill lands mid-epoch.
     victim = subprocess.Popen([*worker, "--batch-size", "1"], env=env, cwd=tmp_path)
     experiment = schedy.SchedyDB(url).get_experiment("MNIST with PBT")
