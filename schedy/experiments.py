@@ -534,7 +534,7 @@ class PopulationBasedTraining(Experiment):
                     hyperparameters[key] = strategy.explore(hyperparameters[key], state.rng)
             return CreateJob(
                 hyperparameters,
-                dict(source.results),
+                source.results,  # unchanged: the store writes its stored text back
                 member=member.index,
                 # The copy continues the source's training: its generation counts
                 # the jobs behind the model state, whoever ran them.
@@ -547,8 +547,8 @@ class PopulationBasedTraining(Experiment):
         if member.head_id is not None:
             head = state.load_job(member.head_id)
             return CreateJob(
-                dict(head.hyperparameters),
-                dict(head.results),
+                head.hyperparameters,
+                head.results,
                 member=member.index,
                 generation=generation,
                 parent_id=head.id,
@@ -565,8 +565,8 @@ class PopulationBasedTraining(Experiment):
             return EndMember(member.index, "its first job kept crashing and nothing can replace it")
         last = state.load_job(member.last_id)
         return CreateJob(
-            dict(last.hyperparameters),
-            dict(last.results),
+            last.hyperparameters,
+            last.results,
             member=member.index,
             generation=0,
             parent_id=last.parent_id,

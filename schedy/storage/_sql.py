@@ -356,6 +356,17 @@ class _IntegrityConflict(StorageError):
     """A uniqueness clash; create_experiment turns it into ResourceExistsError."""
 
 
+def _encoded(
+    values: dict[str, Any], what: str, stored_text: dict[int, str]
+) -> tuple[dict[str, Any], str]:
+    """``values`` checked and as JSON text; reused as stored when it was loaded unchanged."""
+    text = stored_text.get(id(values))
+    if text is not None:
+        return values, text
+    normalized = _values.normalize_mapping(values, what)
+    return normalized, _values.dumps(normalized)
+
+
 class SQLStorage(Storage):
     """Storage on any SQLAlchemy URL. See the module docstring."""
 
@@ -981,8 +992,20 @@ class SQLStorage(Storage):
         queued_row = _SQL_OLDEST_QUEUED.first(connection, by_experiment)
         members = [self._member_record(row) for row in _SQL_MEMBERS.rows(connection, by_experiment)]
 
+        # JSON text of the dicts decisions copy unchanged into a new job (a
+        # continuation's hyperparameters, a copied member's results): written
+        # back as is, not parsed, re-checked and re-encoded inside the lock —
+        # results carrying a long per-epoch history would make that costly.
+        loaded: list[JobRecord] = []  # keeps the dicts alive, so their ids stay unique
+        stored_text: dict[int, str] = {}
+
         def load_job(job_id: str) -> JobRecord:
-            return self._job_record(self._job_row(connection, exp_row.id, name, job_id), name)
+            row = self._job_row(connection, exp_row.id, name, job_id)
+            record = self._job_record(row, name)
+            loaded.append(record)
+            stored_text[id(record.hyperparameters)] = row.hyperparameters
+            stored_text[id(record.results)] = row.results
+            return record
 
         state = SchedulingState(
             queued=None if queued_row is None else self._job_record(queued_row, name),
@@ -1005,7 +1028,9 @@ class SQLStorage(Storage):
                 if member.index == decision.member:
                     member.ended = True
             decision = experiment._decide(state)
-        return self._apply(connection, exp_row, name, decision, now, lease_seconds, members)
+        return self._apply(
+            connection, exp_row, name, decision, now, lease_seconds, members, stored_text
+        )
 
     def _end_member(self, connection: Connection, experiment_id: int, index: int) -> None:
         _update(
@@ -1044,6 +1069,7 @@ class SQLStorage(Storage):
         now: float,
         lease_seconds: float,
         members: list[MemberRecord],
+        stored_text: dict[int, str],
     ) -> Claim:
         if isinstance(decision, Wait):
             return Claim(None, wait=True, reason=decision.reason)
@@ -1075,16 +1101,18 @@ class SQLStorage(Storage):
             record = self._job_record(row, name)
             record.member, record.generation = decision.member, decision.generation
         elif isinstance(decision, CreateJob):
-            hyperparameters = _values.normalize_mapping(decision.hyperparameters, "hyperparameters")
-            results = _values.normalize_mapping(decision.results, "results")
+            hyperparameters, hyperparameters_text = _encoded(
+                decision.hyperparameters, "hyperparameters", stored_text
+            )
+            results, results_text = _encoded(decision.results, "results", stored_text)
             job_id = self._insert_job(
                 connection,
                 dict(
                     lease,
                     experiment_id=exp_row.id,
                     status=RUNNING,
-                    hyperparameters=_values.dumps(hyperparameters),
-                    results=_values.dumps(results),
+                    hyperparameters=hyperparameters_text,
+                    results=results_text,
                     member=decision.member,
                     generation=decision.generation,
                     parent_id=decision.parent_id,
