@@ -30,15 +30,16 @@ def score_at(text: str | None, generation: int) -> tuple[bool, float | None]:
     """The member's score at the latest generation <= ``generation`` (found?, score)."""
     if not text:
         return False, None
-    best: tuple[bool, float | None] = (False, None)
-    for entry_generation, score in _parse(text):
-        if entry_generation is not None and entry_generation <= generation:
-            best = (True, score)
-    return best
+    scores = _parse(text)
+    if generation in scores:  # the usual case: lineages have every generation
+        return True, scores[generation]
+    earlier = [g for g in scores if g <= generation]
+    return (True, scores[max(earlier)]) if earlier else (False, None)
 
 
 @functools.lru_cache(maxsize=4096)
-def _parse(text: str) -> tuple[tuple[int | None, float | None], ...]:
+def _parse(text: str) -> dict[int, float | None]:
     """Parsed once per distinct history: a member's text only changes when it
-    finishes a job, while every claim reads the histories of members ahead."""
-    return tuple((generation, score) for generation, score in json.loads(text))
+    finishes a job, while every claim reads the histories of members ahead.
+    (Callers must not mutate the cached dict.)"""
+    return {generation: score for generation, score in json.loads(text) if generation is not None}

@@ -159,8 +159,7 @@ def test_exact_ties_are_broken_at_random() -> None:
 
 def test_ready_member_that_waited_longest_goes_first() -> None:
     members = _members([0.5, 0.6, 0.7, 0.8])
-    for member, seq in zip(members, [5, 2, 9, 7]):
-        member.ready_since = seq
+    members = [m._replace(ready_since=seq) for m, seq in zip(members, [5, 2, 9, 7])]
     decision = _experiment()._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == 1
 
@@ -180,7 +179,7 @@ def test_empty_population_without_distributions_is_exhausted() -> None:
 @pytest.mark.parametrize(("crashes", "source"), [(0, None), (2, None), (3, "h1")])
 def test_crashing_top_member_copies_the_best_other(crashes: int, source: str | None) -> None:
     members = _members([0.9, 0.8, 0.7, 0.6], busy={1, 2, 3})
-    members[0].crashes = crashes
+    members[0] = members[0]._replace(crashes=crashes)
     decision = _experiment()._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == 0
     assert decision.exploited_from == source
@@ -188,7 +187,7 @@ def test_crashing_top_member_copies_the_best_other(crashes: int, source: str | N
 
 def test_crashing_member_copies_the_best_other_member() -> None:
     members = _members([0.9, 0.8, 0.7, 0.6], busy={0, 2, 3})
-    members[1].crashes = 3
+    members[1] = members[1]._replace(crashes=3)
     decision = _experiment()._decide(_state(members))
     assert (
         isinstance(decision, CreateJob) and decision.member == 1 and decision.exploited_from == "h0"
@@ -250,13 +249,13 @@ def test_truncate_too_large_is_rejected() -> None:
 def test_exploit_continues_the_source_generation_and_skips_final_members() -> None:
     experiment = _experiment(max_generations=6)
     members = _members([0.9, 0.5, 0.4, 0.1], busy={0, 1, 2})
-    members[0].head_generation = 4
-    members[3].head_generation = 1
+    members[0] = members[0]._replace(head_generation=4)
+    members[3] = members[3]._replace(head_generation=1)
     decision = experiment._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from == "h0"
     assert decision.generation == 5  # the source's generation + 1, not the member's
-    members[0].head_generation = 5  # final generation: can no longer be copied
-    members[0].ended = True
+    # final generation: can no longer be copied
+    members[0] = members[0]._replace(head_generation=5, ended=True)
     decision = experiment._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is None
     assert decision.parent_id == "h3" and decision.generation == 2
@@ -267,14 +266,14 @@ def test_members_ahead_are_judged_at_the_ready_members_generation() -> None:
     from schedy import _history
 
     members = _members([0.5, 0.9, 0.8, 0.7], busy={1, 2, 3})
-    for member in members[1:]:  # ahead by one job; one generation earlier they were worse
-        member.head_generation = 4
-        member.history = _history.extend(_history.extend(None, 2, 0.1), 3, 0.2)
-        member.history = _history.extend(member.history, 4, member.score)
+    for i, member in enumerate(members[1:], start=1):  # ahead by one job; worse a job ago
+        history = _history.extend(_history.extend(None, 2, 0.1), 3, 0.2)
+        history = _history.extend(history, 4, member.score)
+        members[i] = member._replace(head_generation=4, history=history)
     decision = _experiment()._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is None  # best at gen 3
-    for member in members[1:]:
-        member.history = None  # no history: compared by their latest score
+    # no history: compared by their latest score
+    members[1:] = [member._replace(history=None) for member in members[1:]]
     decision = _experiment()._decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is not None
 

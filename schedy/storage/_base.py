@@ -24,7 +24,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["Claim", "ExperimentRecord", "JobRecord", "MemberRecord", "Storage"]
 
@@ -75,8 +75,7 @@ class JobRecord:
     updated_at: float = 0.0
 
 
-@dataclass(slots=True)
-class MemberRecord:
+class MemberRecord(NamedTuple):
     """One PBT population member: the compact state scheduling reads.
 
     ``head_id`` is the member's last good (DONE) job — where it resumes from;
@@ -85,13 +84,14 @@ class MemberRecord:
     missing or NaN, ranked worst). ``ready_since`` (when its last job ended)
     orders ready members so the one that waited longest goes first.
     ``history`` holds recent ``(generation, score)`` pairs (see
-    ``schedy._history``) for comparing members at equal progress. Field
-    order matches the storage's member rows, so a row builds a record
-    positionally (this is on the scheduling hot path, once per member per
-    claim).
+    ``schedy._history``) for comparing members at equal progress.
+
+    A named tuple whose fields are the storage's member columns: a claim
+    builds one per member straight from the database row (the scheduling hot
+    path); change one with ``member._replace(ended=True)``.
     """
 
-    index: int
+    index: int  # type: ignore[assignment]  # the member number; shadows tuple.index
     head_id: str | None = None
     head_generation: int | None = None
     score: float | None = None

@@ -236,10 +236,6 @@ _JobRow = namedtuple(
     "seq id status hyperparameters results member generation parent_id exploited_from error "
     "lease_token created_at updated_at",
 )
-_MemberRow = namedtuple(
-    "_MemberRow",
-    "idx head_id head_generation score busy_id last_id crashes ended ready_since history",
-)
 _ExpiredRow = namedtuple("_ExpiredRow", "seq id member generation lease_expires_at")
 _MemberStateRow = namedtuple("_MemberStateRow", "busy_id crashes history")
 
@@ -266,7 +262,7 @@ _SQL_MEMBERS = _Statement(
     "SELECT idx, head_id, head_generation, score, busy_id, last_id, crashes, ended, ready_since, "
     "history "
     "FROM schedy_members WHERE experiment_id = :experiment_id ORDER BY idx",
-    _MemberRow,
+    MemberRecord,
 )
 _SQL_MEMBER = _Statement(
     "SELECT busy_id, crashes, history FROM schedy_members "
@@ -654,12 +650,6 @@ class SQLStorage(Storage):
             updated_at=row.updated_at,
         )
 
-    @staticmethod
-    def _member_record(row: Any) -> MemberRecord:
-        record = MemberRecord(*row)
-        record.ended = bool(record.ended)
-        return record
-
     def _job_row(self, connection: Connection, experiment_id: int, name: str, job_id: str) -> Any:
         row = _SQL_JOB.first(connection, {"id": job_id, "experiment_id": experiment_id})
         if row is None:
@@ -990,7 +980,7 @@ class SQLStorage(Storage):
         experiment = self._experiment_object(exp_row)
         by_experiment = {"experiment_id": exp_row.id}
         queued_row = _SQL_OLDEST_QUEUED.first(connection, by_experiment)
-        members = [self._member_record(row) for row in _SQL_MEMBERS.rows(connection, by_experiment)]
+        members: list[MemberRecord] = _SQL_MEMBERS.rows(connection, by_experiment)
 
         # JSON text of the dicts decisions copy unchanged into a new job (a
         # continuation's hyperparameters, a copied member's results): written
@@ -1024,9 +1014,9 @@ class SQLStorage(Storage):
                 "experiment %r retires member %d: %s", name, decision.member, decision.reason
             )
             self._end_member(connection, exp_row.id, decision.member)
-            for member in state.members:
-                if member.index == decision.member:
-                    member.ended = True
+            state.members[:] = [
+                m._replace(ended=True) if m.index == decision.member else m for m in state.members
+            ]
             decision = experiment._decide(state)
         return self._apply(
             connection, exp_row, name, decision, now, lease_seconds, members, stored_text
@@ -1197,6 +1187,6 @@ class SQLStorage(Storage):
         def body(connection: Connection) -> list[MemberRecord]:
             row = self._experiment_row(connection, experiment, False)
             rows = _SQL_MEMBERS.rows(connection, {"experiment_id": row.id})
-            return [self._member_record(member) for member in rows]
+            return [member._replace(ended=bool(member.ended)) for member in rows]
 
         return self._run(body, write=False, raw=True)
