@@ -568,7 +568,7 @@ class PopulationBasedTraining(Experiment):
             last.hyperparameters,
             last.results,
             member=member.index,
-            generation=0,
+            generation=last.generation or 0,
             parent_id=last.parent_id,
             exploited_from=last.exploited_from,
         )
