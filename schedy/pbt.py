@@ -35,6 +35,7 @@ from .random import (
     _copy_value,
     _distribution_from_json,
     _integer,
+    _named_entry,
     _number,
     _NumericDistribution,
     _plain,
@@ -127,16 +128,14 @@ _EXPLOIT_STRATEGIES: dict[str, type[Truncate]] = {Truncate._EXPLOIT_STRATEGY_NAM
 
 def _exploit_from_json(obj: Any) -> Truncate:
     """Rebuild an exploit strategy from ``{name: params}`` as written by ``_to_json``."""
-    known = ", ".join(sorted(_EXPLOIT_STRATEGIES))
-    if not isinstance(obj, Mapping) or len(obj) != 1:
-        raise ValueError(
-            f"an exploit strategy must be written as {{name: params}} with one name ({known}), "
-            f'e.g. {{"truncate": 0.2}}; got {_show(obj)}'
-        )
-    ((name, params),) = obj.items()
-    cls = _EXPLOIT_STRATEGIES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown exploit strategy {name!r}: known strategies are {known}")
+    cls, params = _named_entry(
+        obj,
+        _EXPLOIT_STRATEGIES,
+        "an exploit strategy",
+        "strategies",
+        "{name: params}",
+        '{"truncate": 0.2}',
+    )
     return cls._from_params(params)
 
 
@@ -545,14 +544,12 @@ _EXPLORE_STRATEGIES: dict[str, type[ExploreStrategy]] = {
 
 def _explore_from_json(obj: Any) -> ExploreStrategy:
     """Rebuild an explore strategy from ``{name: params}`` as written by ``_to_json``."""
-    known = ", ".join(sorted(_EXPLORE_STRATEGIES))
-    if not isinstance(obj, Mapping) or len(obj) != 1:
-        raise ValueError(
-            f"an explore strategy must be written as {{name: params}} with one name ({known}), "
-            f'e.g. {{"perturb": {{"minFactor": 0.8, "maxFactor": 1.2}}}}; got {_show(obj)}'
-        )
-    ((name, params),) = obj.items()
-    cls = _EXPLORE_STRATEGIES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown explore strategy {name!r}: known strategies are {known}")
+    cls, params = _named_entry(
+        obj,
+        _EXPLORE_STRATEGIES,
+        "an explore strategy",
+        "strategies",
+        "{name: params}",
+        '{"perturb": {"minFactor": 0.8, "maxFactor": 1.2}}',
+    )
     return cls._from_params(params)

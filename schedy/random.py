@@ -21,7 +21,7 @@ import json
 import math
 import random
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from ._values import is_number, normalize
 
@@ -42,6 +42,9 @@ __all__ = [
 
 
 # -- argument checks (shared with schedy.pbt) ---------------------------------
+
+
+T = TypeVar("T")
 
 
 def _show(value: Any) -> str:
@@ -157,6 +160,24 @@ class _NumericDistribution(Distribution):
         """Bounds of the support (None when unbounded), for explore strategies."""
 
 
+class _Range(_NumericDistribution):
+    """A distribution over [``low``, ``high``]: its bounds and JSON are those two."""
+
+    low: float
+    high: float
+
+    def _bounds(self) -> tuple[float | None, float | None]:
+        return (self.low, self.high)
+
+    def _args(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high}
+
+    @classmethod
+    def _from_args(cls, args: Any) -> Self:
+        checked = _check_keys(cls._FUNC_NAME, cls._ARGS_SPEC, args, ("low", "high"))
+        return cls(checked["low"], checked["high"])  # type: ignore[call-arg]
+
+
 def _rng(rng: random.Random | None) -> random.Random:
     return random.Random() if rng is None else rng
 
@@ -166,7 +187,7 @@ def _below(value: float, low: float, high: float) -> float:
     return max(low, min(value, math.nextafter(high, low)))
 
 
-class Uniform(_NumericDistribution):
+class Uniform(_Range):
     """Floats uniformly distributed in [``low``, ``high``)."""
 
     _FUNC_NAME = "uniform"
@@ -187,19 +208,8 @@ class Uniform(_NumericDistribution):
         # This form never overflows, even for bounds near the float limits.
         return _below((1.0 - u) * self.low + u * self.high, self.low, self.high)
 
-    def _bounds(self) -> tuple[float | None, float | None]:
-        return (self.low, self.high)
 
-    def _args(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
-
-    @classmethod
-    def _from_args(cls, args: Any) -> Self:
-        checked = _check_keys(cls._FUNC_NAME, cls._ARGS_SPEC, args, ("low", "high"))
-        return cls(checked["low"], checked["high"])
-
-
-class LogUniform(_NumericDistribution):
+class LogUniform(_Range):
     """Floats in [``low``, ``high``) whose logarithm is uniform: for scale parameters.
 
     A learning rate between 1e-6 and 1e-1 is as likely to be below 1e-4 as above.
@@ -226,17 +236,6 @@ class LogUniform(_NumericDistribution):
         """Draw a float in [low, high), log-uniformly."""
         log_value = _rng(rng).uniform(math.log(self.low), math.log(self.high))
         return _below(math.exp(log_value), self.low, self.high)
-
-    def _bounds(self) -> tuple[float | None, float | None]:
-        return (self.low, self.high)
-
-    def _args(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
-
-    @classmethod
-    def _from_args(cls, args: Any) -> Self:
-        checked = _check_keys(cls._FUNC_NAME, cls._ARGS_SPEC, args, ("low", "high"))
-        return cls(checked["low"], checked["high"])
 
 
 class Normal(_NumericDistribution):
@@ -289,12 +288,15 @@ class LogNormal(Normal):
         return (0.0, None)
 
 
-class IntUniform(_NumericDistribution):
+class IntUniform(_Range):
     """Integers uniformly distributed from ``low`` to ``high``, both included."""
 
     _FUNC_NAME = "intuniform"
     _ARGS_SPEC = '{"low": int, "high": int}'
     _is_integer = True
+
+    low: int
+    high: int
 
     def __init__(self, low: int, high: int) -> None:
         self.low = _integer(low, "IntUniform low")
@@ -309,19 +311,8 @@ class IntUniform(_NumericDistribution):
         """Draw an int in [low, high]."""
         return _rng(rng).randint(self.low, self.high)
 
-    def _bounds(self) -> tuple[float | None, float | None]:
-        return (self.low, self.high)
 
-    def _args(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
-
-    @classmethod
-    def _from_args(cls, args: Any) -> Self:
-        checked = _check_keys(cls._FUNC_NAME, cls._ARGS_SPEC, args, ("low", "high"))
-        return cls(checked["low"], checked["high"])
-
-
-class IntLogUniform(_NumericDistribution):
+class IntLogUniform(_Range):
     """Integers from ``low`` to ``high`` (both included), log-uniformly: for sizes.
 
     The integer k comes up with probability proportional to log((k + 1) / k),
@@ -331,6 +322,9 @@ class IntLogUniform(_NumericDistribution):
     _FUNC_NAME = "intloguniform"
     _ARGS_SPEC = '{"low": int >= 1, "high": int}'
     _is_integer = True
+
+    low: int
+    high: int
 
     def __init__(self, low: int, high: int) -> None:
         self.low = _integer(low, "IntLogUniform low")
@@ -350,17 +344,6 @@ class IntLogUniform(_NumericDistribution):
         """Draw an int in [low, high], log-uniformly."""
         log_value = _rng(rng).uniform(math.log(self.low), math.log(self.high + 1))
         return max(self.low, min(self.high, math.floor(math.exp(log_value))))
-
-    def _bounds(self) -> tuple[float | None, float | None]:
-        return (self.low, self.high)
-
-    def _args(self) -> dict[str, Any]:
-        return {"low": self.low, "high": self.high}
-
-    @classmethod
-    def _from_args(cls, args: Any) -> Self:
-        checked = _check_keys(cls._FUNC_NAME, cls._ARGS_SPEC, args, ("low", "high"))
-        return cls(checked["low"], checked["high"])
 
 
 class Choice(Distribution):
@@ -467,16 +450,34 @@ _DISTRIBUTION_TYPES: dict[str, type[Distribution]] = {
 }
 
 
-def _distribution_from_json(obj: Any) -> Distribution:
-    """Rebuild a distribution from ``{name: args}`` as written by ``_to_json``."""
-    known = ", ".join(sorted(_DISTRIBUTION_TYPES))
+def _named_entry(
+    obj: Any, registry: Mapping[str, T], what: str, kinds: str, shape: str, example: str
+) -> tuple[T, Any]:
+    """Split ``{name: params}`` and look ``name`` up in ``registry``, with clear errors.
+
+    Shared by distributions and PBT strategies, which are all stored this way.
+    """
+    known = ", ".join(sorted(registry))
     if not isinstance(obj, Mapping) or len(obj) != 1:
         raise ValueError(
-            f"a distribution must be written as {{name: arguments}} with one name "
-            f'({known}), e.g. {{"uniform": {{"low": 0, "high": 1}}}}; got {_show(obj)}'
+            f"{what} must be written as {shape} with one name ({known}), "
+            f"e.g. {example}; got {_show(obj)}"
         )
-    ((name, args),) = obj.items()
-    cls = _DISTRIBUTION_TYPES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown distribution {name!r}: known distributions are {known}")
+    ((name, params),) = obj.items()
+    found = registry.get(name)
+    if found is None:
+        raise ValueError(f"unknown {what.split(' ', 1)[1]} {name!r}: known {kinds} are {known}")
+    return found, params
+
+
+def _distribution_from_json(obj: Any) -> Distribution:
+    """Rebuild a distribution from ``{name: args}`` as written by ``_to_json``."""
+    cls, args = _named_entry(
+        obj,
+        _DISTRIBUTION_TYPES,
+        "a distribution",
+        "distributions",
+        "{name: arguments}",
+        '{"uniform": {"low": 0, "high": 1}}',
+    )
     return cls._from_args(args)
