@@ -31,14 +31,10 @@ def _lease_from_environment() -> float:
 def _open_storage(url: str, options: dict[str, Any]) -> Storage:
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
-        try:
-            from .storage._http import HTTPStorage  # type: ignore[import-not-found, unused-ignore]
-        except ImportError:
-            raise ValueError(
-                f"cannot open {url}: this schedy has no HTTP backend yet; point SchedyDB at "
-                "the server's database URL (sqlite:///… or postgresql://…) instead"
-            ) from None
-        return HTTPStorage(url, **options)  # type: ignore[no-any-return, unused-ignore]
+        raise ValueError(
+            f"cannot open {url}: this schedy has no HTTP backend yet; point SchedyDB at "
+            "the server's database URL (sqlite:///… or postgresql://…) instead"
+        )
     from .storage._sql import SQLStorage
 
     if scheme == "":

@@ -150,7 +150,9 @@ class Experiment:
         return False
 
     def _rng(self, claims: int) -> random.Random:
-        return _UNSEEDED
+        """The decision's RNG: drawn from ``seed`` and the claim count when seeded,
+        so a single-worker run replays exactly."""
+        return _UNSEEDED if self.seed is None else random.Random(f"{self.seed}:{claims}")
 
     # -- public API --------------------------------------------------------
     @property
@@ -282,9 +284,6 @@ class RandomSearch(Experiment):
             k: _distribution_from_json(v) for k, v in config.get("distributions", {}).items()
         }
         return cls(name, distributions, status=status, seed=config.get("seed"))
-
-    def _rng(self, claims: int) -> random.Random:
-        return _UNSEEDED if self.seed is None else random.Random(f"{self.seed}:{claims}")
 
     def _decide(self, state: SchedulingState) -> Decision:
         if state.queued is not None:
@@ -431,9 +430,6 @@ class PopulationBasedTraining(Experiment):
         )
 
     # -- scheduling --------------------------------------------------------
-    def _rng(self, claims: int) -> random.Random:
-        return _UNSEEDED if self.seed is None else random.Random(f"{self.seed}:{claims}")
-
     def _check_new_job(self, hyperparameters: Mapping[str, Any]) -> None:
         rng = random.Random(0)
         for key, strategy in self.explore.items():

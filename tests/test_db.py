@@ -38,6 +38,7 @@ def test_bare_path_is_a_sqlite_file(tmp_path: Path) -> None:
     ("url", "error", "match"),
     [
         ("ftp://host/x", ValueError, "unsupported store URL"),
+        ("http://127.0.0.1:1", ValueError, "no HTTP backend yet"),
         ("sqlite:////no/such/folder/x.db", StorageError, "does not exist"),
         ("", TypeError, "non-empty string"),
     ],
