@@ -273,10 +273,11 @@ def optimizer_values(
     leave the optimizer silently untouched). Two hyperparameters that set one
     parameter to different values are an error.
     """
+    resolved = resolve_mapping(mapping)  # first: a TypeError for a non-mapping
     explicit = {k for k, v in (mapping or {}).items() if v is not None}
     values: dict[str, Any] = {}
     source: dict[str, str] = {}
-    for hyperparameter, param in resolve_mapping(mapping).items():
+    for hyperparameter, param in resolved.items():
         if hyperparameter not in hyperparameters:
             if strict and hyperparameter in explicit:
                 raise ValueError(

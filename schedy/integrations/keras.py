@@ -152,7 +152,6 @@ class SchedyCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras i
         self.monitor = _core.check_monitor(monitor)
         self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
         self.keep_top_k = check_keep_top_k(keep_top_k)
-        _core.resolve_mapping(optimizer_hyperparameters)  # a TypeError for a non-mapping
         self.optimizer_hyperparameters = optimizer_hyperparameters
         # Resolved now, so that a bad mapping fails before any training.
         self.optimizer_values = _keras_names(

@@ -391,3 +391,8 @@ def test_importing_schedy_and_the_core_imports_no_framework() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+def test_optimizer_values_rejects_a_mapping_that_is_not_a_dict() -> None:
+    with pytest.raises(TypeError, match="dict"):
+        _core.optimizer_values({"lr": 0.1}, "wd")  # type: ignore[arg-type]
