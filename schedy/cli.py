@@ -28,7 +28,7 @@ from tabulate import tabulate
 from . import __version__
 from ._values import is_number
 from ._workers import run_workers
-from .db import DEFAULT_URL, SchedyDB
+from .db import DEFAULT_URL, SchedyDB, _resolve_url, _sqlite_file
 from .errors import NoJobError, SchedyError
 from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch
 from .jobs import Job
@@ -378,9 +378,9 @@ def _build_pbt(args: argparse.Namespace) -> Experiment:
     )
 
 
-def _cmd_add(args: argparse.Namespace, db: SchedyDB) -> int:
+def _cmd_add(args: argparse.Namespace, store: _Store) -> int:
     experiment: Experiment = args.build(args)
-    db.add_experiment(experiment)
+    store.open(create=True).add_experiment(experiment)
     _emit(_describe_experiment(experiment))
     return 0
 
@@ -388,10 +388,10 @@ def _cmd_add(args: argparse.Namespace, db: SchedyDB) -> int:
 # -- push ---------------------------------------------------------------------
 
 
-def _cmd_push(args: argparse.Namespace, db: SchedyDB) -> int:
+def _cmd_push(args: argparse.Namespace, store: _Store) -> int:
     hyperparameters = _pairs(args.hyperparameters, "hyperparameter")
     results = _pairs(args.results, "result")
-    experiment = db.get_experiment(args.experiment)
+    experiment = store.open().get_experiment(args.experiment)
     job = experiment.add_job(hyperparameters, status=args.status, results=results)
     _emit(_describe_job(job))
     return 0
@@ -400,12 +400,12 @@ def _cmd_push(args: argparse.Namespace, db: SchedyDB) -> int:
 # -- list ---------------------------------------------------------------------
 
 
-def _cmd_list(args: argparse.Namespace, db: SchedyDB) -> int:
+def _cmd_list(args: argparse.Namespace, store: _Store) -> int:
     if args.experiment is None:
-        table = _Table(_experiment_row(exp) for exp in db.get_experiments())
+        table = _Table(_experiment_row(exp) for exp in store.open().get_experiments())
         brief = _EXPERIMENT_BRIEF
     else:
-        experiment = db.get_experiment(args.experiment)
+        experiment = store.open().get_experiment(args.experiment)
         lineage = isinstance(experiment, PopulationBasedTraining)
         table = _Table(_job_row(job, lineage=lineage) for job in experiment.all_jobs())
         brief = _JOB_BRIEF
@@ -499,8 +499,8 @@ def _show_population(exp: PopulationBasedTraining) -> None:
     print(_schedule_table(exp, best.lineage()).render())
 
 
-def _cmd_show(args: argparse.Namespace, db: SchedyDB) -> int:
-    experiment = db.get_experiment(args.experiment)
+def _cmd_show(args: argparse.Namespace, store: _Store) -> int:
+    experiment = store.open().get_experiment(args.experiment)
     if args.job is not None:
         _emit(_describe_job(experiment.get_job(args.job)))
         return 0
@@ -523,8 +523,8 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _cmd_rm(args: argparse.Namespace, db: SchedyDB) -> int:
-    experiment = db.get_experiment(args.experiment)
+def _cmd_rm(args: argparse.Namespace, store: _Store) -> int:
+    experiment = store.open().get_experiment(args.experiment)
     delete: Callable[[], None]
     if args.job is None:
         what = f"experiment {experiment.name!r} and all its jobs"
@@ -708,11 +708,12 @@ def _note(message: str) -> None:
     print(f"schedy: {message}", file=sys.stderr, flush=True)
 
 
-def _cmd_run(args: argparse.Namespace, db: SchedyDB) -> int:
+def _cmd_run(args: argparse.Namespace, store: _Store) -> int:
     templates = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not templates:
         raise UsageError("give the training command to run after the experiment name")
     _expand_command(templates, None)  # a typo fails before a job is claimed
+    db = store.open()
     experiment = db.get_experiment(args.experiment)
     while True:
         try:
@@ -985,7 +986,7 @@ def _setup_run(commands: Any, common: argparse.ArgumentParser) -> None:
     )
 
 
-def _cmd_worker(args: argparse.Namespace, db: SchedyDB) -> int:
+def _cmd_worker(args: argparse.Namespace, store: _Store) -> int:
     """Launch N copies of a worker command on one experiment, until it is done."""
     command = list(args.cmd)
     if command and command[0] == "--":
@@ -994,6 +995,7 @@ def _cmd_worker(args: argparse.Namespace, db: SchedyDB) -> int:
         raise UsageError(
             "worker needs the worker command, e.g. schedy worker NAME -- python train.py"
         )
+    db = store.open()
     db.get_experiment(args.experiment)  # fail early, with the usual message, on a typo
     gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g and g != "none"]
     return run_workers(
@@ -1086,6 +1088,38 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+class _Store:
+    """The store a command works on, opened only when the command needs it.
+
+    Arguments are checked first, so a typo never touches the store; and only
+    ``add`` may create a SQLite file: any other command on a missing file
+    (a mistyped --db, or run from the wrong folder) is an error, instead of
+    an empty database left behind.
+    """
+
+    def __init__(self, url: str | None) -> None:
+        self.url = _resolve_url(url)
+        self._db: SchedyDB | None = None
+
+    def open(self, create: bool = False) -> SchedyDB:
+        if self._db is None:
+            path = _sqlite_file(self.url)
+            if not create and path is not None and not os.path.exists(path):
+                raise SchedyError(
+                    f"no schedy store at {path}: create an experiment there "
+                    "with `schedy add`, or name your store with --db URL or $SCHEDY_URL"
+                )
+            self._db = SchedyDB(self.url)
+        return self._db
+
+    def __enter__(self) -> _Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
 def _error(message: str) -> None:
     one_line = " ".join(message.split()) or "unknown error"
     print(f"schedy: error: {one_line}", file=sys.stderr)
@@ -1098,8 +1132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, --version, or argparse's usage error
         return done.code if isinstance(done.code, int) else int(done.code is not None)
     try:
-        with SchedyDB(args.db) as db:
-            return int(args.handler(args, db))
+        with _Store(args.db) as store:
+            return int(args.handler(args, store))
     except UsageError as error:
         _error(str(error))
         return 2

@@ -28,6 +28,27 @@ def _lease_from_environment() -> float:
         ) from None
 
 
+def _resolve_url(url: str | None) -> str:
+    """The URL a ``SchedyDB(url)`` opens: the argument, else $SCHEDY_URL, else the default."""
+    return url if url is not None else os.environ.get("SCHEDY_URL") or DEFAULT_URL
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL (or bare path) names; None for in-memory and other backends.
+
+    The CLI uses it to refuse to *create* a store on a read command, where a
+    typo in --db would otherwise leave an empty database behind.
+    """
+    if "://" not in url:
+        return url
+    if url.split("://", 1)[0].split("+", 1)[0].lower() != "sqlite":
+        return None
+    database = url.split("://", 1)[1]
+    database = database[1:] if database.startswith("/") else database
+    database = database.split("?", 1)[0]
+    return None if database in ("", ":memory:") else database
+
+
 def _open_storage(url: str, options: dict[str, Any]) -> Storage:
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
@@ -67,8 +88,7 @@ class SchedyDB:
     def __init__(
         self, url: str | None = None, *, lease_seconds: float | None = None, **options: Any
     ) -> None:
-        if url is None:
-            url = os.environ.get("SCHEDY_URL") or DEFAULT_URL
+        url = _resolve_url(url)
         if not isinstance(url, str) or not url:
             raise TypeError(f"url must be a non-empty string, not {url!r}")
         if lease_seconds is None:

@@ -297,7 +297,7 @@ BAD_ADDS = [
 @pytest.mark.parametrize(("words", "message"), BAD_ADDS)
 def test_add_rejects_bad_input_in_one_line(cli: Cli, words: list[str], message: str) -> None:
     assert_error(cli("add", "Bad", *words), 2, message)
-    assert cli.ok("list") == ""
+    assert not (cli.tmp_path / "s.db").exists()  # a typo creates no store
 
 
 def test_add_refuses_a_taken_name(cli: Cli) -> None:
@@ -370,6 +370,7 @@ def test_push_rejects_bad_input_in_one_line(
 
 
 def test_push_to_an_unknown_experiment(cli: Cli) -> None:
+    cli.ok("add", "Other", "manual")
     assert_error(cli("push", "Nope", "-p", "x", "1"), 1, "no experiment named 'Nope'")
 
 
@@ -411,6 +412,28 @@ def test_usage_errors_exit_2(cli: Cli) -> None:
     assert outcome.code == 2 and "not allowed with argument" in outcome.err
     assert cli("--version").code == 0
     assert cli("add", "X", "pbt", "best", "acc").code == 2
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["list"],
+        ["list", "E"],
+        ["show", "E"],
+        ["push", "E", "-p", "x", "1"],
+        ["rm", "E", "-f"],
+        ["run", "E", "true"],
+        ["worker", "E", "--", "true"],
+    ],
+)
+def test_only_add_creates_a_sqlite_store(cli: Cli, words: list[str]) -> None:
+    # A mistyped --db (or the wrong folder) must not leave an empty database behind.
+    assert_error(cli(*words), 1, f"no schedy store at {cli.tmp_path}/s.db", "schedy add")
+    assert not (cli.tmp_path / "s.db").exists()
+    assert_error(cli("--db", "elsewhere.db", *words), 1, "no schedy store at elsewhere.db")
+    assert not (cli.tmp_path / "elsewhere.db").exists()
+    cli.ok("add", "E", "manual")
+    assert (cli.tmp_path / "s.db").exists()
 
 
 def test_a_bad_store_url_is_one_line(cli: Cli) -> None:
