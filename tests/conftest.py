@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SCHEDY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -84,6 +88,24 @@ def store_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Ite
         url = _postgres_database()
         _reset_postgres(url)
         yield url
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh PostgreSQL store, for what only a database server can do (or skip)."""
+    url = _postgres_database()
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def postgres_admin() -> Iterator[sa.Engine]:
+    """An autocommit engine on the PostgreSQL admin database (after ``postgres_url``)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture

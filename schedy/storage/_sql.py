@@ -230,7 +230,7 @@ _JOB_COLUMNS = (
     "seq, id, status, hyperparameters, results, member, generation, parent_id, "
     "exploited_from, error, lease_token, created_at, updated_at"
 )
-_ExperimentRow = namedtuple("_ExperimentRow", "id name kind status config claims")
+_ExperimentRow = namedtuple("_ExperimentRow", "id name kind status config claims clock")
 _JobRow = namedtuple(
     "_JobRow",
     "seq id status hyperparameters results member generation parent_id exploited_from error "
@@ -239,11 +239,25 @@ _JobRow = namedtuple(
 _ExpiredRow = namedtuple("_ExpiredRow", "seq id member generation lease_expires_at")
 _MemberStateRow = namedtuple("_MemberStateRow", "busy_id crashes history")
 
+# ``clock`` is the lease clock. On PostgreSQL it is the server's (workers on
+# other machines may disagree about the time), read with the experiment row
+# that every transaction reads first, saving a round trip; SQLite is local
+# and takes the process clock.
 _SELECT_EXPERIMENT = (
-    "SELECT id, name, kind, status, config, claims FROM schedy_experiments WHERE name = :name"
+    "SELECT id, name, kind, status, config, claims, {clock} AS clock "
+    "FROM schedy_experiments WHERE name = :name"
 )
-_SQL_EXPERIMENT = _Statement(_SELECT_EXPERIMENT, _ExperimentRow)
-_SQL_EXPERIMENT_LOCKED = _Statement(_SELECT_EXPERIMENT + " FOR UPDATE", _ExperimentRow)
+_PG_CLOCK = "extract(epoch from clock_timestamp())"
+#: (PostgreSQL?, locked?) -> the statement reading an experiment row.
+_EXPERIMENT_STATEMENTS = {
+    (pg, locked): _Statement(
+        _SELECT_EXPERIMENT.format(clock=_PG_CLOCK if pg else "NULL")
+        + (" FOR UPDATE" if locked else ""),
+        _ExperimentRow,
+    )
+    for pg in (False, True)
+    for locked in (False, True)
+}
 _SQL_JOB = _Statement(
     f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE id = :id AND experiment_id = :experiment_id",
     _JobRow,
@@ -280,7 +294,7 @@ _SQL_TOP_JOBS = _Statement(
     "AND score IS NOT NULL ORDER BY score DESC, seq LIMIT :limit",
     _JobRow,
 )
-_SQL_DB_CLOCK = _Statement("SELECT extract(epoch from clock_timestamp())")
+_SQL_DB_CLOCK = _Statement(f"SELECT {_PG_CLOCK}")
 _SQL_COUNT_CLAIM = _Statement("UPDATE schedy_experiments SET claims = claims + 1 WHERE id = :id")
 _SQL_INSERT_JOB = _Statement(
     "INSERT INTO schedy_jobs (id, experiment_id, status, hyperparameters, results, member, "
@@ -352,6 +366,20 @@ class _IntegrityConflict(StorageError):
     """A uniqueness clash; create_experiment turns it into ResourceExistsError."""
 
 
+class _CommitLost(StorageError):
+    """The connection died during COMMIT: whether it took effect is unknown."""
+
+
+class _ConnectionLost(Exception):
+    """The database connection died before the transaction committed.
+
+    Nothing was written (the server rolls back a transaction whose
+    connection is gone), so ``_run`` may run it again on a fresh connection:
+    that is how a server restart or an idle-connection timeout stays
+    invisible, without pinging before every transaction.
+    """
+
+
 def _encoded(
     values: dict[str, Any], what: str, stored_text: dict[int, str]
 ) -> tuple[dict[str, Any], str]:
@@ -380,10 +408,10 @@ class SQLStorage(Storage):
         if self._is_sqlite:
             self._engine = self._sqlite_engine(parsed, echo, engine_options)
         else:
-            options: dict[str, Any] = {"pool_pre_ping": True}
-            options.update(engine_options)
+            # No pool_pre_ping: a ping is a round trip per transaction; a dead
+            # connection is detected on first use and the transaction re-run.
             try:
-                self._engine = sa.create_engine(parsed, echo=echo, **options)
+                self._engine = sa.create_engine(parsed, echo=echo, **engine_options)
             except ModuleNotFoundError as error:
                 raise StorageError(
                     f"the driver for {parsed.drivername} is not installed ({error}); "
@@ -458,9 +486,15 @@ class SQLStorage(Storage):
             self._local.connection = connection
         return connection
 
-    def _release_raw(self, connection: Any, broken: bool) -> None:
+    def _release_raw(self, connection: Any, broken: bool, lost: bool = False) -> None:
         if not self._is_sqlite:
-            connection.close()
+            if lost:
+                # Dead, and its idle siblings likely too (a server restart):
+                # start a fresh pool rather than meet them one by one.
+                connection.invalidate()
+                self._engine.dispose(close=False)
+            else:
+                connection.close()
         elif broken:
             # A failed transaction may leave the connection unusable: start afresh.
             self._local.connection = None
@@ -487,14 +521,21 @@ class SQLStorage(Storage):
             try:
                 if self._is_sqlite:
                     dbapi_connection.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                yield _RawConnection(self._engine.dialect, dbapi_connection)
-                dbapi_connection.commit()
-            except BaseException as error:
                 try:
-                    dbapi_connection.rollback()
+                    yield _RawConnection(self._engine.dialect, dbapi_connection)
+                except self._dbapi_error as error:
+                    if self._is_lost(error, dbapi_connection):
+                        raise _ConnectionLost(error) from error
+                    raise
+                self._commit(dbapi_connection.commit, dbapi_connection)
+            except BaseException as error:
+                lost = isinstance(error, (_ConnectionLost, _CommitLost))
+                try:
+                    if not lost:
+                        dbapi_connection.rollback()
                 finally:
-                    broken = isinstance(error, (self._dbapi_error, SQLAlchemyError))
-                    self._release_raw(dbapi_connection, broken=broken)
+                    broken = lost or isinstance(error, (self._dbapi_error, SQLAlchemyError))
+                    self._release_raw(dbapi_connection, broken=broken, lost=lost)
                 raise
             self._release_raw(dbapi_connection, broken=False)
             return
@@ -502,10 +543,40 @@ class SQLStorage(Storage):
         if not write:
             connection = connection.execution_options(schedy_read_only=True)
         try:
-            with connection.begin():
+            transaction = connection.begin()
+            try:
                 yield connection
+            except DBAPIError as error:
+                if error.connection_invalidated:
+                    raise _ConnectionLost(error) from error
+                raise
+            self._commit(transaction.commit, None)
         finally:
             connection.close()
+
+    def _is_lost(self, error: BaseException, dbapi_connection: Any) -> bool:
+        """Whether ``error`` means the connection itself is gone (not a bad statement)."""
+        if isinstance(error, DBAPIError):
+            return bool(error.connection_invalidated)
+        if dbapi_connection is None:
+            return False
+        dialect: Any = self._engine.dialect
+        return bool(dialect.is_disconnect(error, dbapi_connection.dbapi_connection, None))
+
+    def _commit(self, commit: Callable[[], None], dbapi_connection: Any) -> None:
+        """Commit; a connection lost *while committing* leaves the outcome
+        unknown, so that is reported, never silently re-run."""
+        try:
+            commit()
+        except (SQLAlchemyError, self._dbapi_error) as error:
+            original = error.orig if isinstance(error, DBAPIError) else error
+            if self._is_lost(error, dbapi_connection):
+                raise _CommitLost(
+                    f"lost the connection to {self._safe_url()} while committing: the last "
+                    f"change may or may not have been stored ({original}). Check the job's "
+                    "status (schedy list) before retrying."
+                ) from error
+            raise
 
     def _run(self, body: Callable[[Any], T], write: bool = True, raw: bool = False) -> T:
         """Run ``body`` in one transaction, retrying it on lock contention.
@@ -515,10 +586,21 @@ class SQLStorage(Storage):
         """
         deadline = time.monotonic() + _CONTENTION_BUDGET_S
         delay = 0.002
+        reconnects = 0
         while True:
             try:
                 with self._connect(write, raw) as connection:
                     return body(connection)
+            except _ConnectionLost as lost:
+                # Nothing was written: re-run on a fresh connection (a pooled
+                # one that died idle); losing it again and again is an outage.
+                reconnects += 1
+                if reconnects <= 2:
+                    continue
+                raise StorageError(
+                    f"lost the connection to {self._safe_url()} ({lost.__cause__}). Check "
+                    "that the database is running and reachable; nothing was written."
+                ) from lost.__cause__
             except (SQLAlchemyError, self._dbapi_error) as error:
                 original = error.orig if isinstance(error, DBAPIError) else error
                 if not isinstance(error, SQLAlchemyError) or isinstance(error, DBAPIError):
@@ -554,9 +636,12 @@ class SQLStorage(Storage):
         except SQLAlchemyError:
             return "the database"
 
-    def _now(self, connection: Connection) -> float:
-        """Lease clock: the database server's on PostgreSQL, so machines can disagree."""
+    def _now(self, connection: Connection, exp_row: Any = None) -> float:
+        """Lease clock: the database server's on PostgreSQL, so machines can
+        disagree; taken from ``exp_row`` when this transaction just read one."""
         if self._dialect == "postgresql":
+            if exp_row is not None and exp_row.clock is not None:
+                return float(exp_row.clock)
             return float(_SQL_DB_CLOCK.first(connection, {})[0])
         return time.time()
 
@@ -602,7 +687,9 @@ class SQLStorage(Storage):
 
     # -- helpers -----------------------------------------------------------
     def _experiment_row(self, connection: Connection, name: str, lock: bool) -> Any:
-        statement = _SQL_EXPERIMENT_LOCKED if lock and not self._is_sqlite else _SQL_EXPERIMENT
+        # SQLite needs no row lock: BEGIN IMMEDIATE already serializes writers.
+        locked = lock and not self._is_sqlite
+        statement = _EXPERIMENT_STATEMENTS[self._dialect == "postgresql", locked]
         row = statement.first(connection, {"name": name})
         if row is None:
             raise NotFoundError(
@@ -854,7 +941,7 @@ class SQLStorage(Storage):
                     "no heartbeat reached the store in time; another worker carries on its "
                     "population member. Nothing was written."
                 )
-            now = self._now(connection)
+            now = self._now(connection, exp_row)
             new_values = dict(values, updated_at=now)
             status = update.status or row.status
             new_values["status"] = status
@@ -973,7 +1060,7 @@ class SQLStorage(Storage):
 
     def _claim(self, connection: Connection, name: str, lease_seconds: float) -> Claim:
         exp_row = self._experiment_row(connection, name, True)
-        now = self._now(connection)
+        now = self._now(connection, exp_row)
         self._expire_leases(connection, exp_row, now)
         if exp_row.status == EXPERIMENT_DONE:
             return Claim(None, reason=f"experiment {name!r} is DONE")

@@ -1,0 +1,88 @@
+"""What only a database server does: connections that die under a running worker.
+
+A PostgreSQL restart, a proxy's or the server's idle timeout, or an
+administrator's ``pg_terminate_backend`` closes the connections a worker
+keeps in its pool. Nothing was being written on them, so the next call must
+just work on a fresh connection -- no ping before every transaction, no
+error shown -- and nothing already stored may be lost.
+"""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+import schedy
+from schedy.errors import StorageError
+
+
+def _drop_connections(admin: sa.Engine, url: str) -> int:
+    """Terminate every connection to the database of ``url``; return how many."""
+    with admin.connect() as connection:
+        return len(
+            connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %(name)s AND pid <> pg_backend_pid()",
+                {"name": sa.engine.make_url(url).database},
+            ).all()
+        )
+
+
+def _pbt() -> schedy.PopulationBasedTraining:
+    return schedy.PopulationBasedTraining(
+        "pbt",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(0.25),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.LogUniform(1e-4, 1e-1)},
+        population_size=2,
+        seed=3,
+    )
+
+
+def test_dropped_connections_are_replaced_without_an_error(
+    postgres_url: str, postgres_admin: sa.Engine
+) -> None:
+    with schedy.SchedyDB(postgres_url) as db:
+        db.add_experiment(_pbt())
+        experiment = db.get_experiment("pbt")
+        finished = []
+        for step in range(6):
+            # The pool holds at least one connection: kill them all.
+            assert _drop_connections(postgres_admin, postgres_url) >= 1
+            with experiment.next_job() as job:  # claim: the hot path's raw connection
+                job.results["acc"] = 0.1 * step
+                job.put()  # an update in the middle of the job
+            finished.append(job.id)
+            _drop_connections(postgres_admin, postgres_url)
+            assert db.get_experiment("pbt").get_job(job.id).status == schedy.Job.DONE
+        # Every claim and finish landed once: six DONE jobs, in one lineage per member.
+        jobs = {job.id: job for job in experiment.all_jobs()}
+        assert sorted(jobs) == sorted(finished)
+        assert all(job.status == schedy.Job.DONE for job in jobs.values())
+        assert {job.generation for job in jobs.values()} == {0, 1, 2}
+
+
+def test_a_database_that_stays_down_is_a_clear_error(
+    postgres_url: str, postgres_admin: sa.Engine
+) -> None:
+    database = sa.engine.make_url(postgres_url).database
+    with schedy.SchedyDB(postgres_url) as db:
+        db.add_experiment(_pbt())
+        experiment = db.get_experiment("pbt")
+        # The server answers, but refuses every new connection to this database.
+        with postgres_admin.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            _drop_connections(postgres_admin, postgres_url)
+            with pytest.raises(StorageError) as caught:
+                experiment.next_job()
+            assert "Check that the database is running" in str(caught.value)
+            assert "nothing was written" in str(caught.value)
+        finally:
+            with postgres_admin.connect() as connection:
+                connection.exec_driver_sql(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        with experiment.next_job() as job:  # and it works again once the database is back
+            job.results["acc"] = 1.0
+        assert experiment.get_job(job.id).status == schedy.Job.DONE
