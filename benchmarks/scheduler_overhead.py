@@ -100,16 +100,16 @@ def schedy_cycle(experiment: schedy.Experiment, rng: random.Random) -> str:
     return job.id
 
 
-def open_store(path: str) -> tuple[schedy.SchedyDB, schedy.Experiment]:
-    db = schedy.SchedyDB(f"sqlite:///{path}")
+def open_store(url: str) -> tuple[schedy.SchedyDB, schedy.Experiment]:
+    db = schedy.SchedyDB(url)
     experiment = make_experiment()
     db.add_experiment(experiment)
     return db, experiment
 
 
-def build_by_cycles(path: str, history: int) -> tuple[schedy.SchedyDB, schedy.Experiment]:
+def build_by_cycles(url: str, history: int) -> tuple[schedy.SchedyDB, schedy.Experiment]:
     """A store whose history was made by ``history`` real cycles (public API only)."""
-    db, experiment = open_store(path)
+    db, experiment = open_store(url)
     rng = random.Random(SEED + 1)
     for _ in range(history):
         schedy_cycle(experiment, rng)
@@ -140,7 +140,7 @@ def build_by_bulk_insert(path: str, history: int) -> tuple[schedy.SchedyDB, sche
     then continues that population (checked by :func:`check_continues`).
     Columns are filled only where this schedy's schema has them.
     """
-    db, experiment = open_store(path)
+    db, experiment = open_store(f"sqlite:///{path}")
     assert isinstance(experiment, schedy.PopulationBasedTraining)
     member_history: Any = (
         importlib.import_module("schedy._history")
@@ -328,7 +328,7 @@ def bench_history(args: argparse.Namespace, folder: str, out: dict[str, Any]) ->
     stores: list[tuple[str, schedy.SchedyDB, schedy.Experiment, str]] = []
     started = time.perf_counter()
     path = os.path.join(folder, "baseline.db")
-    db, experiment = build_by_cycles(path, args.baseline_history)
+    db, experiment = build_by_cycles(f"sqlite:///{path}", args.baseline_history)
     stores.append((f"{args.baseline_history:,} jobs, real cycles (baseline)", db, experiment, path))
     print(
         f"  built {args.baseline_history:,} jobs by real cycles in "
@@ -451,19 +451,18 @@ def _collect(
 
 
 def bench_workers(
-    args: argparse.Namespace, folder: str, baseline: Timed, out: dict[str, Any]
+    args: argparse.Namespace, url: str, baseline: Timed, heading: str
 ) -> dict[str, Any]:
+    """``args.workers`` processes cycling on the store at ``url`` (built here)."""
     print(
-        f"\n[2] {args.workers} worker processes ({args.start_method}), one SQLite file, "
+        f"\n{heading}: {args.workers} worker processes ({args.start_method}), "
         f"{args.seconds:g} s after a common start; {os.cpu_count()} CPUs"
     )
-    path = os.path.join(folder, "workers.db")
-    db, experiment = build_by_cycles(path, args.baseline_history)
-    before = count_jobs(path)
+    db, experiment = build_by_cycles(url, args.baseline_history)
+    before = sum(1 for _ in experiment.all_jobs())
     context = multiprocessing.get_context(args.start_method)
     start_event = context.Event()
     messages = context.Queue()
-    url = f"sqlite:///{path}"
     processes = [
         context.Process(
             target=worker, args=(url, i, args.seconds, start_event, messages), daemon=True
@@ -545,7 +544,57 @@ def bench_workers(
         "errors": errors,
         "cpu_count": os.cpu_count(),
     }
-    out["workers"] = result
+    return result
+
+
+# -- 4. PostgreSQL -------------------------------------------------------------
+def bench_postgres(
+    args: argparse.Namespace, baseline: Timed, out: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The same cycle on a scratch PostgreSQL database (created and dropped here),
+    interleaved with the SQLite baseline, then the multi-process run there."""
+    admin_url = sa.engine.make_url(args.postgres)
+    name = f"schedy_bench_{os.getpid()}_{random.randrange(1 << 30)}"
+    print(f"\n[4] PostgreSQL at {admin_url.render_as_string(hide_password=True)}")
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as error:  # unreachable, no driver, no rights: say so and go on
+        print(f"  skipped: cannot create a scratch database ({type(error).__name__}: {error})")
+        return None
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    try:
+        db, experiment = build_by_cycles(url, args.baseline_history)
+        rng = random.Random(SEED + 50)
+
+        def cycle() -> str:
+            return schedy_cycle(experiment, rng)
+
+        warm_up(cycle, args.warmup // 4)
+        count = max(1, args.cycles // 4)
+        entries = [Timed("PostgreSQL", cycle, count), Timed("SQLite", baseline.cycle, count)]
+        interleave(entries, args.rounds)
+        experiment.delete()  # the multi-process run builds its own
+        db.close()
+        pg, lite = entries
+        print(
+            f"  median cycle          {ms(pg.median)} (p99 {ms(pg.quantile(0.99))}) vs SQLite "
+            f"{ms(lite.median)} in the same rounds: {pg.median / lite.median:.1f}x"
+        )
+        workers = bench_workers(args, url, baseline, "  [4b] PostgreSQL")
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+    result = {
+        "median_cycle_s": pg.median,
+        "p99_cycle_s": pg.quantile(0.99),
+        "sqlite_median_same_rounds_s": lite.median,
+        "ratio_vs_sqlite": pg.median / lite.median,
+        "workers": workers,
+    }
+    out["postgres"] = result
     return result
 
 
@@ -685,6 +734,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10,
         help="interleaved rounds the timed cycles are split into (default 10)",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="ADMIN_URL",
+        help="also time a scratch database created (and dropped) through this PostgreSQL "
+        "URL, e.g. postgresql+psycopg://postgres@127.0.0.1/postgres",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -744,8 +799,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="schedy-bench-") as folder:
         baseline = bench_history(args, folder, out)
-        workers = bench_workers(args, folder, baseline, out)
+        workers = bench_workers(
+            args, f"sqlite:///{os.path.join(folder, 'workers.db')}", baseline, "[2] SQLite"
+        )
+        out["workers"] = workers
         optuna_result = bench_optuna(args, folder, baseline, out)
+        postgres = bench_postgres(args, baseline, out) if args.postgres else None
 
     big = out["history"][-1]
     rows: list[Row] = [
@@ -800,6 +859,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verdict(ratio >= 20) if key == "tpe" else "-",
                 )
             )
+    if postgres is not None:
+        pg_workers = postgres["workers"]
+        rows += [
+            (
+                "PostgreSQL: median cycle",
+                f"{ms(postgres['median_cycle_s'])} ({postgres['ratio_vs_sqlite']:.1f}x SQLite)",
+                "(info)",
+                "-",
+            ),
+            (
+                f"PostgreSQL: {args.workers} processes",
+                f"{pg_workers['cycles_per_s']:,.0f} cycles/s, {pg_workers['duplicates']} "
+                f"duplicate / {pg_workers['ids_handed_out']:,} ids, "
+                f"{len(pg_workers['errors'])} errors",
+                "0 duplicates, 0 errors, all DONE",
+                verdict(
+                    pg_workers["duplicates"] == 0
+                    and not pg_workers["errors"]
+                    and pg_workers["not_done"] == 0
+                    and pg_workers["running_left"] == 0
+                ),
+            ),
+        ]
     out["targets"] = [
         {"measure": name, "value": value, "target": target, "verdict": result}
         for name, value, target, result in rows
