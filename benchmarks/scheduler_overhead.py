@@ -23,12 +23,19 @@ not grow with the number of past jobs):
    cycles. Target: Optuna's cycle >= 20x schedy's. Skipped when optuna is not
    importable (``pip install 'schedy[bench]'``).
 
+4. With ``--postgres ADMIN_URL``: the same cycle on a scratch PostgreSQL
+   database created (and dropped) through that URL, interleaved with the
+   SQLite baseline, and the multi-process run there (no target: PostgreSQL
+   is for many machines; it shows the cost of a network database).
+
 Every number is also printed as a ratio against the baseline run in the same
 process. Run it from the repository root::
 
     .venv/bin/python benchmarks/scheduler_overhead.py            # full (minutes)
     .venv/bin/python benchmarks/scheduler_overhead.py --quick    # smoke run (< 20 s)
     .venv/bin/python benchmarks/scheduler_overhead.py --json results.json
+    .venv/bin/python benchmarks/scheduler_overhead.py \
+        --postgres postgresql+psycopg://postgres@127.0.0.1/postgres
 
 ``--cycles``, ``--history``, ``--workers`` and ``--seconds`` change the sizes;
 see ``--help``.
