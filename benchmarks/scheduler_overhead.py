@@ -778,6 +778,16 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def claims_clean(workers: dict[str, Any]) -> bool:
+    """A multi-process run handed out no id twice, raised nothing, left every job DONE."""
+    return (
+        workers["duplicates"] == 0
+        and not workers["errors"]
+        and workers["not_done"] == 0
+        and workers["running_left"] == 0
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
@@ -845,12 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{workers['duplicates']} duplicate / {workers['ids_handed_out']:,} ids, "
             f"{len(workers['errors'])} errors",
             "0 duplicates, 0 errors, all DONE",
-            verdict(
-                workers["duplicates"] == 0
-                and not workers["errors"]
-                and workers["not_done"] == 0
-                and workers["running_left"] == 0
-            ),
+            verdict(claims_clean(workers)),
         ),
     ]
     if optuna_result is None:
@@ -881,12 +886,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"duplicate / {pg_workers['ids_handed_out']:,} ids, "
                 f"{len(pg_workers['errors'])} errors",
                 "0 duplicates, 0 errors, all DONE",
-                verdict(
-                    pg_workers["duplicates"] == 0
-                    and not pg_workers["errors"]
-                    and pg_workers["not_done"] == 0
-                    and pg_workers["running_left"] == 0
-                ),
+                verdict(claims_clean(pg_workers)),
             ),
         ]
     out["targets"] = [
