@@ -18,6 +18,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -499,14 +500,51 @@ def _show_population(exp: PopulationBasedTraining) -> None:
     print(_schedule_table(exp, best.lineage()).render())
 
 
-def _cmd_show(args: argparse.Namespace, store: _Store) -> int:
-    experiment = store.open().get_experiment(args.experiment)
-    if args.job is not None:
-        _emit(_describe_job(experiment.get_job(args.job)))
-        return 0
+def _show_experiment(experiment: Experiment) -> None:
     _emit(_describe_experiment(experiment))
     if isinstance(experiment, PopulationBasedTraining):
         _show_population(experiment)
+
+
+def _watch(store: _Store, name: str, interval: float) -> int:
+    """Redraw ``show NAME`` every ``interval`` seconds until the experiment is
+    DONE; Ctrl-C is the normal way out, so it ends quietly with status 0."""
+    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            experiment = store.open().get_experiment(name)  # its status, afresh
+            print(
+                f"{clear}{datetime.now():%Y-%m-%d %H:%M:%S}  {name}: {experiment.status} "
+                f"(every {interval:g} s until DONE; Ctrl-C stops watching)"
+            )
+            _show_experiment(experiment)
+            sys.stdout.flush()
+            if experiment.status == Experiment.DONE:
+                return 0
+            time.sleep(interval)
+            if not clear:
+                print()
+    except KeyboardInterrupt:
+        print()
+        return 0
+
+
+def _cmd_show(args: argparse.Namespace, store: _Store) -> int:
+    if args.watch is not None:
+        if args.job is not None:
+            raise UsageError("--watch follows a whole experiment: leave out the job id")
+        if not (math.isfinite(args.watch) and args.watch > 0):
+            raise UsageError(f"--watch takes a number of seconds > 0, not {args.watch:g}")
+        return _watch(store, args.experiment, args.watch)
+    experiment = store.open().get_experiment(args.experiment)
+    if args.job is None:
+        _show_experiment(experiment)
+        return 0
+    job = experiment.get_job(args.job)
+    _emit(_describe_job(job))
+    if isinstance(experiment, PopulationBasedTraining) and job.member is not None:
+        print("\nIts hyperparameter schedule (how this job's model was trained):")
+        print(_schedule_table(experiment, job.lineage()).render())
     return 0
 
 
@@ -934,11 +972,25 @@ def _setup_show(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="describe an experiment (with its PBT population) or a job",
         description="Describe an experiment — for PBT with its population and the best "
-        "job's hyperparameter schedule — or one job.",
+        "job's hyperparameter schedule — or one job. --watch follows a running experiment.",
     )
     parser.set_defaults(handler=_cmd_show)
     parser.add_argument("experiment", metavar="NAME", help="the experiment")
-    parser.add_argument("job", nargs="?", metavar="JOB", help="the id of one of its jobs")
+    parser.add_argument(
+        "job",
+        nargs="?",
+        metavar="JOB",
+        help="the id of one of its jobs (for PBT, shown with its hyperparameter schedule)",
+    )
+    parser.add_argument(
+        "-w",
+        "--watch",
+        nargs="?",
+        type=float,
+        const=5.0,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 5) until the experiment is DONE",
+    )
 
 
 def _setup_rm(commands: Any, common: argparse.ArgumentParser) -> None:

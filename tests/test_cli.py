@@ -349,6 +349,79 @@ def test_add_pbt_then_show_its_population(cli: Cli, db: schedy.SchedyDB) -> None
     assert len(rows(cli.ok("list", "PBT"))[0]) == 2  # the plain list stays id + status
 
 
+def _train_pbt(experiment: schedy.Experiment, cycles: int | None = None) -> None:
+    """Run ``cycles`` PBT cycles (None: until the experiment has no job left)."""
+    done = 0
+    while cycles is None or done < cycles:
+        try:
+            job = experiment.next_job(timeout=0)
+        except schedy.errors.NoJobError:
+            return
+        with job:
+            job.results["acc"] = job.hyperparameters["lr"] * 10 + (job.generation or 0)
+        done += 1
+
+
+def test_show_a_pbt_job_with_its_schedule(cli: Cli, db: schedy.SchedyDB) -> None:
+    cli.ok(*PBT_ARGS)
+    experiment = db.get_experiment("PBT")
+    _train_pbt(experiment)
+    last = max(experiment.all_jobs(), key=lambda job: job.generation or 0)
+    assert last.generation == 2
+    shown = cli.ok("show", "PBT", last.id)
+    assert shown.startswith(f"id: {last.id}\nstatus: DONE\n")
+    schedule = shown.split("Its hyperparameter schedule (how this job's model was trained):")[1]
+    steps = [cells(line)[1] for line in schedule.strip().splitlines()[3:-1]]
+    assert steps == [job.id for job in last.lineage()] and len(steps) == 3
+
+
+def test_watch_redraws_until_the_experiment_is_done(
+    cli: Cli, db: schedy.SchedyDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli.ok(*PBT_ARGS)
+    experiment = db.get_experiment("PBT")
+    _train_pbt(experiment, cycles=2)
+    waits: list[float] = []
+
+    def workers_finish_meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        _train_pbt(experiment)
+
+    monkeypatch.setattr("schedy.cli.time.sleep", workers_finish_meanwhile)
+    shown = cli.ok("show", "PBT", "--watch", "0.5")
+    assert waits == [0.5]
+    first, second = shown.split("(every 0.5 s until DONE; Ctrl-C stops watching)")[1:]
+    assert "PBT: RUNNING" in shown.splitlines()[0] and "Population (2 of 3 members)" in first
+    assert "status: DONE" in second and "Population (3 of 3 members)" in second
+    assert "Best: job" in second
+
+
+def test_watch_ends_quietly_on_ctrl_c(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    cli.ok(*PBT_ARGS)
+
+    def interrupted(seconds: float) -> None:
+        assert seconds == 5.0  # --watch alone: every 5 s
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("schedy.cli.time.sleep", interrupted)
+    outcome = cli("show", "PBT", "-w")
+    assert outcome.code == 0 and outcome.err == ""
+    assert outcome.out.count("Ctrl-C stops watching") == 1 and "no member yet" in outcome.out
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["-w", "0"], "--watch takes a number of seconds > 0, not 0"),
+        (["--watch", "nan"], "--watch takes a number of seconds > 0"),
+        (["JOB", "--watch"], "leave out the job id"),
+    ],
+)
+def test_watch_rejects_bad_input(cli: Cli, words: list[str], message: str) -> None:
+    cli.ok(*PBT_ARGS)
+    assert_error(cli("show", "PBT", *words), 2, message)
+
+
 # -- push: bad input -------------------------------------------------------------
 
 BAD_PUSHES = [
