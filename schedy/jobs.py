@@ -155,6 +155,18 @@ class Job:
         """Alias of ``id`` (the original client's name)."""
         return self.id
 
+    def __reduce__(self) -> Any:
+        # A copy in another process would hold this process's lease without
+        # its heartbeat, and the results it pushed would be overwritten when
+        # this process leaves `with`. Say so, instead of "cannot pickle lock".
+        raise TypeError(
+            f"schedy job {self.id} cannot be pickled or sent to another process: its lease "
+            "and results belong to the process that claimed it. Pass the job id (job.id) "
+            "and read it there with experiment.get_job(); for several GPUs run one worker "
+            "process per GPU (`schedy worker NAME --workers N -- CMD`, schedy.run_workers) "
+            "rather than ddp_spawn / multiprocessing inside one job."
+        )
+
     @property
     def _storage(self) -> Storage:
         return self.experiment._storage

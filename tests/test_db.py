@@ -131,3 +131,22 @@ def test_lease_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SCHEDY_LEASE_SECONDS", "soon")
     with pytest.raises(ValueError, match="SCHEDY_LEASE_SECONDS"):
         schedy.SchedyDB(url)
+
+
+def test_a_job_refuses_to_be_pickled_with_a_clear_reason(sqlite_url: str) -> None:
+    # ddp_spawn and multiprocessing pickle what they send; a copy of a job in
+    # another process would hold this process's lease: say so, early.
+    import copy
+    import pickle
+
+    with schedy.SchedyDB(sqlite_url) as db:
+        db.add_experiment(schedy.ManualSearch("m"))
+        experiment = db.get_experiment("m")
+        experiment.add_job({"x": 1})
+        with experiment.next_job() as job:
+            for send in (pickle.dumps, copy.deepcopy):
+                with pytest.raises(
+                    TypeError, match=r"cannot be pickled .* one worker process per GPU"
+                ):
+                    send(job)
+        assert experiment.get_job(job.id).status == schedy.Job.DONE

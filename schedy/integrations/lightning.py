@@ -210,6 +210,31 @@ class SchedyCallback(_CallbackBase):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
             self._reset()
+            if trainer.world_size > 1:
+                self._check_one_job(trainer)
+
+    def _check_one_job(self, trainer: pl.Trainer) -> None:
+        """Under DDP every process must hold the same job; refuse on all ranks otherwise.
+
+        With ``strategy='ddp'`` Lightning re-runs the script for each extra
+        device, so each process calls ``next_job()`` and claims a job of its
+        own: left alone, one model would train with several jobs'
+        hyperparameters and every job but rank 0's would end DONE without
+        results. All ranks agree before raising, so none hangs in a collective.
+        """
+        strategy = trainer.strategy
+        first = strategy.broadcast(self.job.id, src=0)
+        if strategy.reduce_boolean_decision(first == self.job.id, all=True):
+            return
+        raise RuntimeError(
+            f"SchedyCallback: the {trainer.world_size} DDP processes of this Trainer hold "
+            f"different jobs (this one, rank {trainer.global_rank}, job {self.job.id}; rank 0 "
+            f"job {first}; one or more differ): each process ran experiment.next_job() and "
+            "claimed its own. "
+            "schedy trains one job per process: use Trainer(devices=1) and one worker per "
+            "GPU (`schedy worker NAME --workers N -- python train.py`, or "
+            "schedy.run_workers), which gives each worker its own GPU."
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Optimizers and schedulers exist from here on; Lightning itself
