@@ -86,3 +86,45 @@ def test_a_database_that_stays_down_is_a_clear_error(
         with experiment.next_job() as job:  # and it works again once the database is back
             job.results["acc"] = 1.0
         assert experiment.get_job(job.id).status == schedy.Job.DONE
+
+
+def test_a_claim_that_waited_for_the_lock_is_stamped_after_the_wait(
+    postgres_url: str, postgres_admin: sa.Engine
+) -> None:
+    # Lease and lineage times come from the server's clock. A claim that
+    # queued behind another transaction must read the clock once it holds
+    # the lock, or a job would look created before its parent finished.
+    import threading
+    import time
+
+    with schedy.SchedyDB(postgres_url) as db:
+        db.add_experiment(_pbt())
+        experiment = db.get_experiment("pbt")
+        engine = sa.create_engine(postgres_url)
+        claimed: list[schedy.Job] = []
+        try:
+            with engine.connect() as holder:
+                transaction = holder.begin()
+                holder.exec_driver_sql(
+                    "SELECT id FROM schedy_experiments WHERE name = 'pbt' FOR UPDATE"
+                )
+                claimer = threading.Thread(target=lambda: claimed.append(experiment.next_job()))
+                claimer.start()
+                deadline = time.monotonic() + 30
+                with postgres_admin.connect() as watch:  # wait until the claim is queued
+                    while not watch.exec_driver_sql(
+                        "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                    ).scalar():
+                        assert time.monotonic() < deadline, "the claim never waited"
+                        time.sleep(0.01)
+                released = holder.exec_driver_sql(
+                    "SELECT extract(epoch from clock_timestamp())"
+                ).scalar()
+                transaction.commit()
+                claimer.join(timeout=30)
+        finally:
+            engine.dispose()
+        (job,) = claimed
+        assert job.created_at >= float(released)
+        job.results["acc"] = 1.0
+        job.put()

@@ -242,21 +242,26 @@ _MemberStateRow = namedtuple("_MemberStateRow", "busy_id crashes history")
 # ``clock`` is the lease clock. On PostgreSQL it is the server's (workers on
 # other machines may disagree about the time), read with the experiment row
 # that every transaction reads first, saving a round trip; SQLite is local
-# and takes the process clock.
-_SELECT_EXPERIMENT = (
-    "SELECT id, name, kind, status, config, claims, {clock} AS clock "
-    "FROM schedy_experiments WHERE name = :name"
-)
+# and takes the process clock. The row is locked in a subquery so that the
+# clock is read *after* any wait for the lock: read before it, a claim that
+# waited for a finishing job would be stamped earlier than that job's end.
+_EXPERIMENT_COLUMNS = "id, name, kind, status, config, claims"
 _PG_CLOCK = "extract(epoch from clock_timestamp())"
+_SELECT_EXPERIMENT = f"SELECT {_EXPERIMENT_COLUMNS} FROM schedy_experiments WHERE name = :name"
+_WITH_NO_CLOCK = (
+    f"SELECT {_EXPERIMENT_COLUMNS}, NULL AS clock FROM schedy_experiments WHERE name = :name"
+)
+_WITH_PG_CLOCK = f"SELECT {_EXPERIMENT_COLUMNS}, {_PG_CLOCK} AS clock FROM "
 #: (PostgreSQL?, locked?) -> the statement reading an experiment row.
 _EXPERIMENT_STATEMENTS = {
-    (pg, locked): _Statement(
-        _SELECT_EXPERIMENT.format(clock=_PG_CLOCK if pg else "NULL")
-        + (" FOR UPDATE" if locked else ""),
-        _ExperimentRow,
-    )
-    for pg in (False, True)
-    for locked in (False, True)
+    (False, False): _Statement(_WITH_NO_CLOCK, _ExperimentRow),
+    (False, True): _Statement(_WITH_NO_CLOCK + " FOR UPDATE", _ExperimentRow),
+    (True, False): _Statement(
+        _WITH_PG_CLOCK + "schedy_experiments WHERE name = :name", _ExperimentRow
+    ),
+    (True, True): _Statement(
+        _WITH_PG_CLOCK + f"({_SELECT_EXPERIMENT} FOR UPDATE) AS locked", _ExperimentRow
+    ),
 }
 _SQL_JOB = _Statement(
     f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE id = :id AND experiment_id = :experiment_id",
