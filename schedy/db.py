@@ -52,10 +52,12 @@ def _sqlite_file(url: str) -> str | None:
 def _open_storage(url: str, options: dict[str, Any]) -> Storage:
     scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
-        raise ValueError(
-            f"cannot open {url}: this schedy has no HTTP backend yet; point SchedyDB at "
-            "the server's database URL (sqlite:///… or postgresql://…) instead"
-        )
+        from .storage._http import HTTPStorage
+
+        options = dict(options)
+        if options.get("token") is None:
+            options["token"] = os.environ.get("SCHEDY_TOKEN") or None
+        return HTTPStorage(url, **options)
     from .storage._sql import SQLStorage
 
     if scheme == "":
@@ -81,8 +83,9 @@ class SchedyDB:
     ``lease_seconds`` (default ``$SCHEDY_LEASE_SECONDS``, else 60) is how long
     a claimed job stays a worker's without a heartbeat; a worker killed
     mid-job frees its PBT member that long after its last heartbeat. Other
-    options go to the backend (for SQL: SQLAlchemy ``create_engine``
-    arguments).
+    options go to the backend: for SQL, SQLAlchemy ``create_engine``
+    arguments; for a schedy server, ``token`` (default ``$SCHEDY_TOKEN``) and
+    ``timeout`` (seconds per request).
     """
 
     def __init__(

@@ -8,8 +8,11 @@ with the reason when it cannot be reached, so the suite passes on a laptop.
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import pytest
@@ -76,18 +79,70 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     admin.dispose()
 
 
-BACKENDS = ["sqlite", "postgresql"]
+BACKENDS = ["sqlite", "postgresql", "http"]
+
+#: The token of the schedy servers the tests start.
+SERVER_TOKEN = "test-token-0123456789"
+
+
+@contextmanager
+def schedy_server(database_url: str, token: str | None = SERVER_TOKEN) -> Iterator[str]:
+    """A ``schedy server`` on a free loopback port, in a thread, serving
+    ``database_url``; yields its URL and stops it afterwards."""
+    pytest.importorskip("fastapi", reason="the HTTP backend needs: pip install 'schedy[server]'")
+    import uvicorn
+
+    from schedy.server import create_app
+    from schedy.storage._sql import SQLStorage
+
+    storage = SQLStorage(database_url)
+    config = uvicorn.Config(
+        create_app(storage, token), host="127.0.0.1", port=0, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="schedy-test-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:  # uvicorn offers a flag, not an event, for this
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test schedy server did not start")
+        time.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        storage.close()
+
+
+@pytest.fixture
+def server_token() -> str:
+    return SERVER_TOKEN
+
+
+@pytest.fixture
+def server_url(tmp_path: os.PathLike[str]) -> Iterator[str]:
+    """A schedy server over a fresh SQLite file; clients need ``server_token``."""
+    with schedy_server(f"sqlite:///{tmp_path}/served.db") as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterator[str]:
-    """A fresh, empty store of each backend kind."""
+def store_url(
+    request: pytest.FixtureRequest, tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh, empty store of each backend kind (the server's over SQLite)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/schedy.db"
-    else:
+    elif request.param == "postgresql":
         url = _postgres_database()
         _reset_postgres(url)
         yield url
+    else:
+        monkeypatch.setenv("SCHEDY_TOKEN", SERVER_TOKEN)
+        with schedy_server(f"sqlite:///{tmp_path}/served.db") as url:
+            yield url
 
 
 @pytest.fixture
@@ -117,3 +172,4 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
 def _no_schedy_url(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests choose their store explicitly; a developer's $SCHEDY_URL must not leak in."""
     monkeypatch.delenv("SCHEDY_URL", raising=False)
+    monkeypatch.delenv("SCHEDY_TOKEN", raising=False)

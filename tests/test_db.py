@@ -38,7 +38,8 @@ def test_bare_path_is_a_sqlite_file(tmp_path: Path) -> None:
     ("url", "error", "match"),
     [
         ("ftp://host/x", ValueError, "unsupported store URL"),
-        ("http://127.0.0.1:1", ValueError, "no HTTP backend yet"),
+        ("http://user:pw@127.0.0.1:1", ValueError, "holds credentials"),
+        ("http://:8080", ValueError, "invalid schedy server URL"),
         ("sqlite:////no/such/folder/x.db", StorageError, "does not exist"),
         ("", TypeError, "non-empty string"),
     ],

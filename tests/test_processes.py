@@ -1,7 +1,9 @@
-"""End-to-end tests with real worker processes on the embedded SQLite store.
+"""End-to-end tests with real worker processes, on every backend.
 
-They check what threads cannot: separate connections contending for the
-SQLite write lock, and a worker killed with SIGKILL mid-job.
+They check what threads cannot: separate processes contending for the
+store (SQLite's write lock, PostgreSQL's row locks, the server's requests),
+and a worker killed with SIGKILL mid-job. Workers inherit $SCHEDY_TOKEN for
+the HTTP backend.
 """
 
 from __future__ import annotations
@@ -59,8 +61,8 @@ def _spawn_claimers(url: str, name: str, tmp_path: Path, count: int) -> list[lis
     return [json.loads((tmp_path / f"claimed{i}.json").read_text()) for i in range(count)]
 
 
-def test_sixteen_processes_claim_a_queue_exclusively(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/schedy.db"
+def test_sixteen_processes_claim_a_queue_exclusively(store_url: str, tmp_path: Path) -> None:
+    url = store_url
     db = schedy.SchedyDB(url)
     experiment = schedy.ManualSearch("queue")
     db.add_experiment(experiment)
@@ -71,8 +73,8 @@ def test_sixteen_processes_claim_a_queue_exclusively(tmp_path: Path) -> None:
     assert {job.status for job in experiment.all_jobs()} == {schedy.Job.DONE}
 
 
-def test_sixteen_processes_run_a_pbt_population(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/schedy.db"
+def test_sixteen_processes_run_a_pbt_population(store_url: str, tmp_path: Path) -> None:
+    url = store_url
     db = schedy.SchedyDB(url)
     db.add_experiment(
         schedy.PopulationBasedTraining(
@@ -118,8 +120,8 @@ HANGING_WORKER = textwrap.dedent(
 )
 
 
-def test_worker_killed_mid_job_frees_its_member(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/schedy.db"
+def test_worker_killed_mid_job_frees_its_member(store_url: str, tmp_path: Path) -> None:
+    url = store_url
     db = schedy.SchedyDB(url)
     db.add_experiment(
         schedy.PopulationBasedTraining(

@@ -1,0 +1,19 @@
+"""``schedy server``: the REST server workers on many machines talk to.
+
+It serves one SQL store (SQLite or PostgreSQL) over HTTP, so that workers
+hold a URL and a token instead of database credentials. Each request runs
+the same :class:`~schedy.storage._base.Storage` method the SQL backend
+runs in-process -- the scheduling decision included -- so a worker behind
+the server schedules exactly like one on the database.
+
+Start it with ``schedy --db postgresql://… server --port 8080`` (token from
+``--token`` or ``$SCHEDY_TOKEN``), and point workers at it with
+``SchedyDB('http://host:8080')`` (token from ``$SCHEDY_TOKEN``). The API is
+described at ``/docs`` (OpenAPI).
+"""
+
+from __future__ import annotations
+
+from ._app import API_PREFIX, create_app, is_loopback, serve
+
+__all__ = ["API_PREFIX", "create_app", "is_loopback", "serve"]

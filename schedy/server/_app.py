@@ -1,0 +1,320 @@
+"""The FastAPI application: one endpoint per ``Storage`` method.
+
+Wire format (shared with ``schedy.storage._http``): bodies are JSON written
+by ``schedy._values.dumps``, so NaN and +/-inf results survive the trip as
+they do in the database. Experiment names and job ids travel as query
+parameters, not path segments: a name may hold any character (``/`` too).
+Failures come back as ``{"error": {"type": ..., "message": ...}}`` with a
+status code; the client raises the same schedy error the storage raised.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+try:
+    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import Response
+    from pydantic import BaseModel, Field
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        f"schedy server needs FastAPI and uvicorn ({error}): pip install 'schedy[server]'"
+    ) from None
+
+from .. import __version__, _values
+from ..errors import (
+    NotFoundError,
+    ResourceExistsError,
+    SchedyError,
+    SchemaVersionError,
+    StorageError,
+    UnsafeUpdateError,
+)
+from ..storage._base import Claim, ExperimentRecord, JobRecord, JobUpdate, Storage
+
+__all__ = ["API_PREFIX", "create_app", "is_loopback", "serve"]
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+#: Error class -> HTTP status; the client maps the type name back to the class.
+_STATUS: dict[type[BaseException], int] = {
+    NotFoundError: 404,
+    ResourceExistsError: 409,
+    UnsafeUpdateError: 409,
+    SchemaVersionError: 503,
+    StorageError: 503,
+    ValueError: 400,
+    TypeError: 400,
+}
+
+
+class JSONText(Response):
+    """JSON written by ``_values.dumps``: NaN and infinities stay numbers."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return _values.dumps(content).encode("utf-8")
+
+
+def _error(status: int, kind: str, message: str) -> JSONText:
+    return JSONText({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+# -- request bodies (documented in the OpenAPI schema) -------------------------
+class NewExperiment(BaseModel):
+    name: str
+    kind: str
+    status: str
+    config: dict[str, Any]
+
+
+class ExperimentChange(BaseModel):
+    status: str
+    config: dict[str, Any]
+
+
+class NewJob(BaseModel):
+    status: str = "QUEUED"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    results: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobChange(BaseModel):
+    status: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+    error: str | None = None
+    lease_token: str | None = None
+
+
+class ClaimRequest(BaseModel):
+    lease_seconds: float
+
+
+class LeaseRenewal(BaseModel):
+    lease_token: str
+    lease_seconds: float
+
+
+def _job(record: JobRecord) -> dict[str, Any]:
+    return asdict(record)
+
+
+def create_app(storage: Storage, token: str | None = None) -> FastAPI:
+    """The application serving ``storage``; with ``token``, every API call needs
+    ``Authorization: Bearer <token>`` (``/api/v1/health`` stays open)."""
+    app = FastAPI(
+        title="schedy",
+        version=__version__,
+        description="Hyperparameter scheduling (Population Based Training) for workers "
+        "on many machines. Every call but /health needs `Authorization: Bearer <token>` "
+        "when the server was started with a token.",
+        default_response_class=JSONText,
+    )
+    expected = None if token is None else token.encode("utf-8")
+
+    def authorize(request: Request) -> None:
+        if expected is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            given.strip().encode("utf-8"), expected
+        ):
+            raise _Unauthorized()
+
+    @app.exception_handler(_Unauthorized)
+    async def unauthorized(request: Request, error: _Unauthorized) -> Response:
+        return _error(
+            401,
+            "AuthenticationError",
+            "the schedy server refused the token: give the server's token to SchedyDB "
+            "(token=...) or in $SCHEDY_TOKEN",
+        )
+
+    @app.exception_handler(SchedyError)
+    @app.exception_handler(ValueError)
+    @app.exception_handler(TypeError)
+    async def known_error(request: Request, error: Exception) -> Response:
+        status = next((code for kind, code in _STATUS.items() if isinstance(error, kind)), 500)
+        kind = type(error).__name__ if status != 500 else "ServerError"
+        return _error(status, kind, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        return _error(400, "ValueError", f"invalid request to the schedy server: {error}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        logger.exception("schedy server: %s %s failed", request.method, request.url.path)
+        return _error(500, "ServerError", f"the schedy server failed: {error!r}")
+
+    secured = [Depends(authorize)]
+
+    def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+        return app.api_route(API_PREFIX + path, methods=[method], dependencies=secured, **options)
+
+    @app.get(API_PREFIX + "/health")
+    def health() -> Any:
+        """Open to all: lets a client tell a schedy server from anything else."""
+        return JSONText({"schedy": __version__, "api": 1})
+
+    @route("GET", "/session")
+    def session() -> Any:
+        """Checks the token: clients call it once, so a wrong one fails at SchedyDB()."""
+        return JSONText({"schedy": __version__, "api": 1})
+
+    # -- experiments -----------------------------------------------------------
+    @route("GET", "/experiments")
+    def list_experiments() -> Any:
+        return JSONText([asdict(record) for record in storage.list_experiments()])
+
+    @route("POST", "/experiments", status_code=201)
+    def create_experiment(body: NewExperiment) -> Any:
+        storage.create_experiment(ExperimentRecord(**body.model_dump()))
+        return JSONText({}, status_code=201)
+
+    @route("GET", "/experiment")
+    def get_experiment(name: str) -> Any:
+        return JSONText(asdict(storage.get_experiment(name)))
+
+    @route("PUT", "/experiment")
+    def update_experiment(name: str, body: ExperimentChange) -> Any:
+        storage.update_experiment(name, body.status, body.config)
+        return JSONText({})
+
+    @route("DELETE", "/experiment")
+    def delete_experiment(name: str) -> Any:
+        storage.delete_experiment(name)
+        return JSONText({})
+
+    # -- jobs ------------------------------------------------------------------
+    @route("POST", "/jobs", status_code=201)
+    def add_job(experiment: str, body: NewJob) -> Any:
+        record = storage.add_job(experiment, body.status, body.hyperparameters, body.results)
+        return JSONText(_job(record), status_code=201)
+
+    @route("GET", "/jobs")
+    def list_jobs(
+        experiment: str, after: str | None = None, limit: int = Query(1000, ge=1, le=10000)
+    ) -> Any:
+        return JSONText([_job(r) for r in storage.list_jobs(experiment, after=after, limit=limit)])
+
+    @route("GET", "/job")
+    def get_job(experiment: str, id: str) -> Any:
+        return JSONText(_job(storage.get_job(experiment, id)))
+
+    @route("PATCH", "/job")
+    def update_job(experiment: str, id: str, body: JobChange) -> Any:
+        update = JobUpdate(
+            status=body.status,
+            hyperparameters=body.hyperparameters,
+            results=body.results,
+            error=body.error,
+        )
+        record = storage.update_job(experiment, id, update, lease_token=body.lease_token)
+        return JSONText(_job(record))
+
+    @route("DELETE", "/job")
+    def delete_job(experiment: str, id: str) -> Any:
+        storage.delete_job(experiment, id)
+        return JSONText({})
+
+    # -- scheduling ------------------------------------------------------------
+    @route("POST", "/claim")
+    def claim_job(experiment: str, body: ClaimRequest) -> Any:
+        claim: Claim = storage.claim_job(experiment, body.lease_seconds)
+        job = None if claim.job is None else _job(claim.job)
+        return JSONText({"job": job, "wait": claim.wait, "reason": claim.reason})
+
+    @route("POST", "/lease")
+    def renew_lease(experiment: str, id: str, body: LeaseRenewal) -> Any:
+        renewed = storage.renew_lease(experiment, id, body.lease_token, body.lease_seconds)
+        return JSONText({"renewed": renewed})
+
+    @route("GET", "/jobs-in-use")
+    def jobs_in_use(experiment: str, top_k: int = Query(0, ge=0)) -> Any:
+        return JSONText([_job(r) for r in storage.jobs_in_use(experiment, top_k)])
+
+    @route("GET", "/top-jobs")
+    def top_jobs(experiment: str, k: int = Query(1, ge=0)) -> Any:
+        return JSONText([_job(r) for r in storage.top_jobs(experiment, k)])
+
+    @route("GET", "/members")
+    def members(experiment: str) -> Any:
+        return JSONText([member._asdict() for member in storage.get_members(experiment)])
+
+    return app
+
+
+class _Unauthorized(Exception):
+    """A request without the server's token."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:  # a host name: loopback only if every address it names is
+            infos = socket.getaddrinfo(host, None)
+        except OSError:
+            return False
+        return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def serve(
+    storage: Storage,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    token: str | None = None,
+    log_level: str = "warning",
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve ``storage`` until interrupted (Ctrl-C, SIGTERM).
+
+    Without a token only loopback may listen: anyone who reaches the port
+    could otherwise read and change every experiment. The socket is bound
+    here, so ``port=0`` picks a free port and ``announce`` gets the real URL.
+    """
+    if not token and not is_loopback(host):
+        raise ValueError(
+            f"refusing to listen on {host} without a token: anyone reaching it could change "
+            "every experiment. Give --token (or $SCHEDY_TOKEN), or listen on 127.0.0.1"
+        )
+    import uvicorn
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    bound = listener.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    announce(
+        f"schedy server {__version__}: serving {storage.url} on http://{shown}:{bound} "
+        f"({'token required' if token else 'no token: this machine only'}; API docs at /docs)"
+    )
+    config = uvicorn.Config(
+        create_app(storage, token or None), log_level=log_level, timeout_graceful_shutdown=10
+    )
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        listener.close()

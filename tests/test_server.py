@@ -1,0 +1,215 @@
+"""``schedy server`` and its client: what the conformance suite cannot show.
+
+The conformance suite already runs every storage test through a server
+(``store_url``'s ``http`` backend). Here: the token, refusing to listen
+beyond loopback without one, clear errors for a server that is down or is
+not a schedy server, malformed requests, and the ``schedy server`` command
+as users start and stop it.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs: pip install 'schedy[server]'")
+
+import requests
+
+import schedy
+from schedy.errors import AuthenticationError, ServerError, StorageError
+from schedy.server import serve
+from schedy.storage import _http
+from schedy.storage._sql import SQLStorage
+
+
+def _pbt() -> schedy.PopulationBasedTraining:
+    return schedy.PopulationBasedTraining(
+        "pbt",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.LogUniform(1e-4, 1e-1)},
+        population_size=2,
+        seed=0,
+    )
+
+
+def test_every_call_but_health_needs_the_token(server_url: str, server_token: str) -> None:
+    assert requests.get(f"{server_url}/api/v1/health", timeout=10).json()["schedy"]
+    refused = requests.get(f"{server_url}/api/v1/experiments", timeout=10)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["type"] == "AuthenticationError"
+    wrong = {"Authorization": "Bearer not-the-token"}
+    assert (
+        requests.get(f"{server_url}/api/v1/experiments", headers=wrong, timeout=10).status_code
+        == 401
+    )
+    with pytest.raises(AuthenticationError, match=r"refused the token.*\$SCHEDY_TOKEN"):
+        schedy.SchedyDB(server_url)  # no token: refused at once, not at the first job
+    with pytest.raises(AuthenticationError):
+        schedy.SchedyDB(server_url, token="not-the-token")
+    with schedy.SchedyDB(server_url, token=server_token) as db:
+        db.add_experiment(_pbt())
+        assert [e.name for e in db.get_experiments()] == ["pbt"]
+
+
+def test_token_from_the_environment(
+    server_url: str, server_token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SCHEDY_TOKEN", server_token)
+    with schedy.SchedyDB(server_url) as db:
+        db.add_experiment(schedy.ManualSearch("m"))
+        assert db.get_experiment("m").name == "m"
+
+
+def test_names_with_any_character_and_nan_results(server_url: str, server_token: str) -> None:
+    with schedy.SchedyDB(server_url, token=server_token) as db:
+        name = "a/b ?&#% é"
+        db.add_experiment(schedy.ManualSearch(name))
+        experiment = db.get_experiment(name)
+        job = experiment.add_job({"x": 1}, results={"loss": float("nan"), "up": float("inf")})
+        again = experiment.get_job(job.id)
+        assert again.results["loss"] != again.results["loss"]  # NaN
+        assert again.results["up"] == float("inf")
+        with pytest.raises(schedy.errors.NotFoundError, match="no job 'x/y'"):
+            experiment.get_job("x/y")
+
+
+def test_malformed_requests_get_a_clear_400(server_url: str, server_token: str) -> None:
+    headers = {"Authorization": f"Bearer {server_token}"}
+    answer = requests.post(
+        f"{server_url}/api/v1/claim",
+        params={"experiment": "pbt"},
+        data="{not json",
+        headers=headers,
+        timeout=10,
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "ValueError"
+    missing = requests.post(
+        f"{server_url}/api/v1/claim", json={"lease_seconds": 5}, headers=headers, timeout=10
+    )
+    assert missing.status_code == 400 and "experiment" in missing.json()["error"]["message"]
+
+
+def test_a_server_that_is_down_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_http, "_CONNECT_RETRY_S", 0.2)
+    with pytest.raises(StorageError, match=r"cannot reach the schedy server .*nothing was written"):
+        schedy.SchedyDB("http://127.0.0.1:1")
+
+
+class _NotSchedy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.end_headers()
+        self.wfile.write(b"<html>nothing here</html>")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_url_that_is_not_a_schedy_server() -> None:
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotSchedy)
+    thread = threading.Thread(target=other.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ServerError, match="is it a schedy server"):
+            schedy.SchedyDB(f"http://127.0.0.1:{other.server_address[1]}")
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
+def test_no_token_only_on_loopback(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path}/s.db")
+    try:
+        with pytest.raises(ValueError, match=r"refusing to listen on 0\.0\.0\.0 without a token"):
+            serve(storage, host="0.0.0.0", port=0)
+    finally:
+        storage.close()
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "schedy", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["server", "--host", "0.0.0.0"], "refusing to listen on 0.0.0.0 without a token"),
+        (["--db", "http://127.0.0.1:9", "server"], "serves a database"),
+        (["server", "--port", "70000"], "--port must be between 0 and 65535"),
+    ],
+)
+def test_server_command_refuses_bad_settings(tmp_path: Path, args: list[str], message: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("SCHEDY_TOKEN", "SCHEDY_URL")}
+    done = _cli(*args, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SCHEDY_URL"}
+    env["SCHEDY_TOKEN"] = "cli-token"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "schedy",
+            "--db",
+            f"sqlite:///{tmp_path}/s.db",
+            "server",
+            "--port",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        announced = server.stderr.readline()  # printed once the port is bound
+        found = re.search(r"on (http://127\.0\.0\.1:\d+) \(token required", announced)
+        assert found, announced
+        url = found.group(1)
+        with schedy.SchedyDB(url, token="cli-token") as db:
+            db.add_experiment(_pbt())
+            experiment = db.get_experiment("pbt")
+            for _ in range(4):
+                with experiment.next_job() as job:
+                    job.results["acc"] = job.hyperparameters["lr"]
+            assert all((m.head_generation or 0) >= 1 for m in experiment.population())
+        listed = _cli("--db", url, "list", "pbt", env=env, cwd=tmp_path)
+        assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 4
+        server.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+        assert server.wait(timeout=30) == 0, server.stderr.read()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    # Everything went through the server into its database.
+    with schedy.SchedyDB(f"sqlite:///{tmp_path}/s.db") as db:
+        assert len(list(db.get_experiment("pbt").all_jobs())) == 4
