@@ -27,6 +27,8 @@ not grow with the number of past jobs):
    database created (and dropped) through that URL, interleaved with the
    SQLite baseline, and the multi-process run there (no target: PostgreSQL
    is for many machines; it shows the cost of a network database).
+5. With ``--server``: the same through ``schedy server`` (a separate
+   process over a SQLite file), its clients talking HTTP.
 
 Every number is also printed as a ratio against the baseline run in the same
 process. Run it from the repository root::
@@ -34,7 +36,7 @@ process. Run it from the repository root::
     .venv/bin/python benchmarks/scheduler_overhead.py            # full (minutes)
     .venv/bin/python benchmarks/scheduler_overhead.py --quick    # smoke run (< 20 s)
     .venv/bin/python benchmarks/scheduler_overhead.py --json results.json
-    .venv/bin/python benchmarks/scheduler_overhead.py \
+    .venv/bin/python benchmarks/scheduler_overhead.py --server \
         --postgres postgresql+psycopg://postgres@127.0.0.1/postgres
 
 ``--cycles``, ``--history``, ``--workers`` and ``--seconds`` change the sizes;
@@ -53,9 +55,12 @@ import os
 import platform
 import queue
 import random
+import re
 import shlex
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -554,12 +559,42 @@ def bench_workers(
     return result
 
 
-# -- 4. PostgreSQL -------------------------------------------------------------
+# -- 4./5. other backends ---------------------------------------------------------
+def bench_backend(
+    args: argparse.Namespace, label: str, heading: str, url: str, baseline: Timed
+) -> dict[str, Any]:
+    """The cycle on the store at ``url``, interleaved with the SQLite baseline,
+    then the multi-process run there."""
+    db, experiment = build_by_cycles(url, args.baseline_history)
+    rng = random.Random(SEED + 50)
+
+    def cycle() -> str:
+        return schedy_cycle(experiment, rng)
+
+    warm_up(cycle, args.warmup // 4)
+    count = max(1, args.cycles // 4)
+    entries = [Timed(label, cycle, count), Timed("SQLite", baseline.cycle, count)]
+    interleave(entries, args.rounds)
+    experiment.delete()  # the multi-process run builds its own
+    db.close()
+    timed, lite = entries
+    print(
+        f"  median cycle          {ms(timed.median)} (p99 {ms(timed.quantile(0.99))}) vs SQLite "
+        f"{ms(lite.median)} in the same rounds: {timed.median / lite.median:.1f}x"
+    )
+    return {
+        "median_cycle_s": timed.median,
+        "p99_cycle_s": timed.quantile(0.99),
+        "sqlite_median_same_rounds_s": lite.median,
+        "ratio_vs_sqlite": timed.median / lite.median,
+        "workers": bench_workers(args, url, baseline, f"  [{heading}b] {label}"),
+    }
+
+
 def bench_postgres(
     args: argparse.Namespace, baseline: Timed, out: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The same cycle on a scratch PostgreSQL database (created and dropped here),
-    interleaved with the SQLite baseline, then the multi-process run there."""
+    """The backend run on a scratch PostgreSQL database, created and dropped here."""
     admin_url = sa.engine.make_url(args.postgres)
     name = f"schedy_bench_{os.getpid()}_{random.randrange(1 << 30)}"
     print(f"\n[4] PostgreSQL at {admin_url.render_as_string(hide_password=True)}")
@@ -572,36 +607,49 @@ def bench_postgres(
         return None
     url = admin_url.set(database=name).render_as_string(hide_password=False)
     try:
-        db, experiment = build_by_cycles(url, args.baseline_history)
-        rng = random.Random(SEED + 50)
-
-        def cycle() -> str:
-            return schedy_cycle(experiment, rng)
-
-        warm_up(cycle, args.warmup // 4)
-        count = max(1, args.cycles // 4)
-        entries = [Timed("PostgreSQL", cycle, count), Timed("SQLite", baseline.cycle, count)]
-        interleave(entries, args.rounds)
-        experiment.delete()  # the multi-process run builds its own
-        db.close()
-        pg, lite = entries
-        print(
-            f"  median cycle          {ms(pg.median)} (p99 {ms(pg.quantile(0.99))}) vs SQLite "
-            f"{ms(lite.median)} in the same rounds: {pg.median / lite.median:.1f}x"
-        )
-        workers = bench_workers(args, url, baseline, "  [4b] PostgreSQL")
+        result = bench_backend(args, "PostgreSQL", "4", url, baseline)
     finally:
         with admin.connect() as connection:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
-    result = {
-        "median_cycle_s": pg.median,
-        "p99_cycle_s": pg.quantile(0.99),
-        "sqlite_median_same_rounds_s": lite.median,
-        "ratio_vs_sqlite": pg.median / lite.median,
-        "workers": workers,
-    }
     out["postgres"] = result
+    return result
+
+
+def bench_server(
+    args: argparse.Namespace, folder: str, baseline: Timed, out: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The backend run through `schedy server`, a separate process over a SQLite file."""
+    print("\n[5] schedy server (its own process, over SQLite), clients over HTTP")
+    if importlib.util.find_spec("fastapi") is None:
+        print("  skipped: the server needs pip install 'schedy[server]'")
+        return None
+    token = "bench-" + str(random.randrange(1 << 60))
+    env = dict(os.environ, SCHEDY_TOKEN=token)
+    path = os.path.join(folder, "served.db")
+    command = [sys.executable, "-m", "schedy", "--db", f"sqlite:///{path}", "server", "--port", "0"]
+    server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    previous = os.environ.get("SCHEDY_TOKEN")
+    os.environ["SCHEDY_TOKEN"] = token  # for this process and the spawned workers
+    try:
+        assert server.stderr is not None
+        announced = server.stderr.readline()
+        found = re.search(r"on (http://\S+) \(", announced)
+        if not found:
+            print(f"  skipped: the server did not start: {announced.strip()}")
+            return None
+        result = bench_backend(args, "schedy server", "5", found.group(1), baseline)
+    finally:
+        if previous is None:
+            os.environ.pop("SCHEDY_TOKEN", None)
+        else:
+            os.environ["SCHEDY_TOKEN"] = previous
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    out["server"] = result
     return result
 
 
@@ -747,6 +795,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also time a scratch database created (and dropped) through this PostgreSQL "
         "URL, e.g. postgresql+psycopg://postgres@127.0.0.1/postgres",
     )
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="also time clients of a `schedy server` (its own process, over SQLite)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -822,6 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out["workers"] = workers
         optuna_result = bench_optuna(args, folder, baseline, out)
         postgres = bench_postgres(args, baseline, out) if args.postgres else None
+        served = bench_server(args, folder, baseline, out) if args.server else None
 
     big = out["history"][-1]
     rows: list[Row] = [
@@ -871,22 +925,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verdict(ratio >= 20) if key == "tpe" else "-",
                 )
             )
-    if postgres is not None:
-        pg_workers = postgres["workers"]
+    for label, result in (("PostgreSQL", postgres), ("schedy server", served)):
+        if result is None:
+            continue
+        workers_there = result["workers"]
         rows += [
             (
-                "PostgreSQL: median cycle",
-                f"{ms(postgres['median_cycle_s'])} ({postgres['ratio_vs_sqlite']:.1f}x SQLite)",
+                f"{label}: median cycle",
+                f"{ms(result['median_cycle_s'])} ({result['ratio_vs_sqlite']:.1f}x SQLite)",
                 "(info)",
                 "-",
             ),
             (
-                f"PostgreSQL: {args.workers} processes",
-                f"{pg_workers['cycles_per_s']:,.0f} cycles/s, {pg_workers['duplicates']} "
-                f"duplicate / {pg_workers['ids_handed_out']:,} ids, "
-                f"{len(pg_workers['errors'])} errors",
+                f"{label}: {args.workers} processes",
+                f"{workers_there['cycles_per_s']:,.0f} cycles/s, {workers_there['duplicates']} "
+                f"duplicate / {workers_there['ids_handed_out']:,} ids, "
+                f"{len(workers_there['errors'])} errors",
                 "0 duplicates, 0 errors, all DONE",
-                verdict(claims_clean(pg_workers)),
+                verdict(claims_clean(workers_there)),
             ),
         ]
     out["targets"] = [
