@@ -40,8 +40,8 @@ def train(job: schedy.Job) -> None:
     job.results["worker"] = int(os.environ["SCHEDY_WORKER_INDEX"])
 
 
-def test_function_workers_run_the_experiment_to_the_end(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
+def test_function_workers_run_the_experiment_to_the_end(store_url: str, tmp_path: Path) -> None:
+    url = store_url  # the server's token reaches workers through $SCHEDY_TOKEN
     db = schedy.SchedyDB(url)
     _pbt(db)
     assert schedy.run_workers(train, "pbt", workers=3, db=url, gpus=[]) == 0
@@ -139,8 +139,8 @@ def test_ctrl_c_stops_all_workers_and_leaves_no_job_running(tmp_path: Path) -> N
     assert schedy.Job.RUNNING not in statuses
 
 
-def test_schedy_worker_command(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/s.db"
+def test_schedy_worker_command(store_url: str, tmp_path: Path) -> None:
+    url = store_url  # the server's token reaches workers through $SCHEDY_TOKEN
     db = schedy.SchedyDB(url)
     _pbt(db, generations=2)
     worker = tmp_path / "worker.py"

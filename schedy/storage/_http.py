@@ -12,6 +12,7 @@ one whose answer was lost is not, because it may have taken effect.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import asdict
@@ -80,7 +81,13 @@ class HTTPStorage(Storage):
         # One session per thread: the heartbeat thread renews leases while
         # the worker's thread reports, and a Session is not thread-safe.
         self._local = threading.local()
+        if hasattr(os, "register_at_fork"):
+            # A forked worker must not share the parent's pooled connections.
+            os.register_at_fork(after_in_child=self._after_fork)
         self._check_server()
+
+    def _after_fork(self) -> None:
+        self._local = threading.local()
 
     # -- transport -----------------------------------------------------------
     def _session(self) -> requests.Session:
