@@ -9,11 +9,12 @@ the server schedules exactly like one on the database.
 Start it with ``schedy --db postgresql://… server --port 8080`` (token from
 ``--token`` or ``$SCHEDY_TOKEN``), and point workers at it with
 ``SchedyDB('http://host:8080')`` (token from ``$SCHEDY_TOKEN``). The API is
-described at ``/docs`` (OpenAPI).
+described at ``/docs`` (OpenAPI). ``create_app(storage, token)`` gives the
+ASGI application, to run under another server or behind a proxy.
 """
 
 from __future__ import annotations
 
-from ._app import API_PREFIX, create_app, is_loopback, serve
+from ._app import create_app, serve
 
-__all__ = ["API_PREFIX", "create_app", "is_loopback", "serve"]
+__all__ = ["create_app", "serve"]
