@@ -1105,7 +1105,7 @@ def _cmd_server(args: argparse.Namespace, store: _Store) -> int:
     token = args.token or os.environ.get("SCHEDY_TOKEN") or None
     try:
         serve(
-            store.open(create=True)._storage,
+            store.open(create=True),
             host=args.host,
             port=args.port,
             token=token,

@@ -235,3 +235,18 @@ def test_the_listening_socket_lets_asyncio_disable_nagle(
     (listener,) = seen
     assert listener.proto == socket.IPPROTO_TCP
     assert re.search(r"on http://127\.0\.0\.1:\d+ \(no token: this machine only", lines[0])
+
+
+def test_create_app_takes_a_database_url_or_a_schedydb(
+    tmp_path: Path, server_url: str, server_token: str
+) -> None:
+    from schedy.server import create_app
+
+    assert create_app(f"sqlite:///{tmp_path}/a.db").title == "schedy"
+    with schedy.SchedyDB(f"sqlite:///{tmp_path}/b.db") as db:
+        assert create_app(db, token="t").title == "schedy"
+    with (
+        schedy.SchedyDB(server_url, token=server_token) as remote,
+        pytest.raises(ValueError, match="serves a database"),
+    ):
+        create_app(remote)

@@ -29,6 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from None
 
 from .. import __version__, _values
+from ..db import SchedyDB
 from ..errors import (
     NotFoundError,
     ResourceExistsError,
@@ -38,8 +39,9 @@ from ..errors import (
     UnsafeUpdateError,
 )
 from ..storage._base import Claim, ExperimentRecord, JobRecord, JobUpdate, Storage
+from ..storage._http import HTTPStorage
 
-__all__ = ["API_PREFIX", "create_app", "is_loopback", "serve"]
+__all__ = ["create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,9 +112,23 @@ def _job(record: JobRecord) -> dict[str, Any]:
     return asdict(record)
 
 
-def create_app(storage: Storage, token: str | None = None) -> FastAPI:
-    """The application serving ``storage``; with ``token``, every API call needs
-    ``Authorization: Bearer <token>`` (``/api/v1/health`` stays open)."""
+def _sql_storage(store: Storage | SchedyDB | str) -> Storage:
+    """The storage to serve: given, a SchedyDB's, or opened from a database URL."""
+    if isinstance(store, str):
+        store = SchedyDB(store)
+    storage = store._storage if isinstance(store, SchedyDB) else store
+    if not isinstance(storage, Storage) or isinstance(storage, HTTPStorage):
+        raise ValueError(
+            f"a schedy server serves a database (sqlite:///… or postgresql://…), not {store!r}"
+        )
+    return storage
+
+
+def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> FastAPI:
+    """The ASGI application serving ``store`` (a database URL or a ``SchedyDB``);
+    with ``token``, every API call needs ``Authorization: Bearer <token>``
+    (``/api/v1/health`` stays open)."""
+    storage = _sql_storage(store)
     app = FastAPI(
         title="schedy",
         version=__version__,
@@ -276,7 +292,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    storage: Storage,
+    store: Storage | SchedyDB | str,
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -290,6 +306,7 @@ def serve(
     could otherwise read and change every experiment. The socket is bound
     here, so ``port=0`` picks a free port and ``announce`` gets the real URL.
     """
+    storage = _sql_storage(store)
     if not token and not is_loopback(host):
         raise ValueError(
             f"refusing to listen on {host} without a token: anyone reaching it could change "
