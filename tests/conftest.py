@@ -11,8 +11,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 import pytest
@@ -86,7 +86,9 @@ SERVER_TOKEN = "test-token-0123456789"
 
 
 @contextmanager
-def schedy_server(database_url: str, token: str | None = SERVER_TOKEN) -> Iterator[str]:
+def schedy_server(
+    database_url: str, token: str | None = SERVER_TOKEN, port: int = 0
+) -> Iterator[str]:
     """A ``schedy server`` on a free loopback port, in a thread, serving
     ``database_url``; yields its URL and stops it afterwards."""
     pytest.importorskip("fastapi", reason="the HTTP backend needs: pip install 'schedy[server]'")
@@ -97,7 +99,7 @@ def schedy_server(database_url: str, token: str | None = SERVER_TOKEN) -> Iterat
 
     storage = SQLStorage(database_url)
     config = uvicorn.Config(
-        create_app(storage, token), host="127.0.0.1", port=0, log_level="warning"
+        create_app(storage, token), host="127.0.0.1", port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="schedy-test-server", daemon=True)
@@ -114,6 +116,12 @@ def schedy_server(database_url: str, token: str | None = SERVER_TOKEN) -> Iterat
         server.should_exit = True
         thread.join(timeout=30)
         storage.close()
+
+
+@pytest.fixture
+def start_server() -> Callable[..., AbstractContextManager[str]]:
+    """``start_server(database_url, port=0)``: a context manager around a server."""
+    return schedy_server
 
 
 @pytest.fixture

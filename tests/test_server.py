@@ -16,6 +16,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -250,3 +253,38 @@ def test_create_app_takes_a_database_url_or_a_schedydb(
         pytest.raises(ValueError, match="serves a database"),
     ):
         create_app(remote)
+
+
+def test_a_restarting_server_is_waited_for(
+    tmp_path: Path,
+    start_server: Callable[..., AbstractContextManager[str]],
+    server_token: str,
+) -> None:
+    # A request that was refused never reached the server: it is retried
+    # until the server is back (up to 10 s), so a restart does not fail jobs.
+    database = f"sqlite:///{tmp_path}/s.db"
+    with start_server(database) as url:
+        db = schedy.SchedyDB(url, token=server_token)
+        db.add_experiment(schedy.ManualSearch("m"))
+        experiment = db.get_experiment("m")
+        experiment.add_job({"x": 1})
+    port = int(url.rsplit(":", 1)[1])  # down now: connections are refused
+    back, stop = threading.Event(), threading.Event()
+
+    def restart_later() -> None:
+        time.sleep(0.3)  # the outage being simulated
+        with start_server(database, port=port):
+            back.set()
+            stop.wait(30)
+
+    restarter = threading.Thread(target=restart_later)
+    restarter.start()
+    try:
+        with experiment.next_job() as job:
+            assert back.is_set()  # it waited for the server instead of failing
+            job.results["y"] = 2
+        assert experiment.get_job(job.id).status == schedy.Job.DONE
+    finally:
+        stop.set()
+        restarter.join(timeout=30)
+        db.close()
