@@ -137,8 +137,10 @@ class HTTPStorage(Storage):
 
     def _decode(self, response: requests.Response) -> Any:
         try:
-            payload = _values.loads(response.text) if response.content else None
-        except ValueError:
+            # UTF-8 by the JSON spec: response.text would guess the charset
+            # from the bytes, slowly, on every page of jobs.
+            payload = _values.loads(response.content.decode("utf-8")) if response.content else None
+        except ValueError:  # UnicodeDecodeError included
             payload = None
         if response.ok:
             if payload is None and response.content:
@@ -274,7 +276,9 @@ class HTTPStorage(Storage):
 def _never_sent(error: requests.ConnectionError) -> bool:
     """Whether the connection failed before the request went out (safe to retry)."""
     text = repr(error)
-    return "NewConnectionError" in text or "Connection refused" in text
+    return any(
+        sign in text for sign in ("NewConnectionError", "Connection refused", "ConnectTimeout")
+    )
 
 
 def _reason(error: requests.ConnectionError) -> str:
