@@ -63,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -633,11 +634,16 @@ def bench_server(
     os.environ["SCHEDY_TOKEN"] = token  # for this process and the spawned workers
     try:
         assert server.stderr is not None
-        announced = server.stderr.readline()
-        found = re.search(r"on (http://\S+) \(", announced)
+        found = None
+        for line in server.stderr:  # warnings may come before the announcement
+            found = re.search(r"on (http://\S+) \(", line)
+            if found:
+                break
         if not found:
-            print(f"  skipped: the server did not start: {announced.strip()}")
+            print(f"  skipped: the server did not start (exit code {server.wait()})")
             return None
+        # Keep reading what it logs, so a full pipe never stalls the server.
+        threading.Thread(target=server.stderr.read, daemon=True).start()
         result = bench_backend(args, "schedy server", "5", found.group(1), baseline)
     finally:
         if previous is None:

@@ -194,9 +194,13 @@ def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
     )
     try:
         assert server.stderr is not None
-        announced = server.stderr.readline()  # printed once the port is bound
-        found = re.search(r"on (http://127\.0\.0\.1:\d+) \(token required", announced)
-        assert found, announced
+        seen = []
+        for line in server.stderr:  # the announcement comes once the port is bound
+            seen.append(line)
+            found = re.search(r"on (http://127\.0\.0\.1:\d+) \(token required", line)
+            if found:
+                break
+        assert found, "".join(seen)
         url = found.group(1)
         with schedy.SchedyDB(url, token="cli-token") as db:
             db.add_experiment(_pbt())
