@@ -1110,6 +1110,8 @@ def _cmd_server(args: argparse.Namespace, store: _Store) -> int:
             port=args.port,
             token=token,
             log_level=args.log_level,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
             announce=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except ValueError as error:
@@ -1141,6 +1143,12 @@ def _setup_server(commands: Any, common: argparse.ArgumentParser) -> None:
         default=None,
         help="the token clients must send (default: $SCHEDY_TOKEN); required beyond loopback",
     )
+    parser.add_argument(
+        "--ssl-certfile",
+        metavar="PEM",
+        help="serve HTTPS with this certificate (with --ssl-keyfile), so tokens travel encrypted",
+    )
+    parser.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key")
     parser.add_argument(
         "--log-level",
         default="warning",

@@ -84,8 +84,9 @@ class SchedyDB:
     a claimed job stays a worker's without a heartbeat; a worker killed
     mid-job frees its PBT member that long after its last heartbeat. Other
     options go to the backend: for SQL, SQLAlchemy ``create_engine``
-    arguments; for a schedy server, ``token`` (default ``$SCHEDY_TOKEN``) and
-    ``timeout`` (seconds per request).
+    arguments; for a schedy server, ``token`` (default ``$SCHEDY_TOKEN``),
+    ``timeout`` (seconds per request) and ``verify`` (the CA bundle of an
+    HTTPS server's certificate; default the system's or ``$REQUESTS_CA_BUNDLE``).
     """
 
     def __init__(

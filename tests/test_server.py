@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,10 +172,8 @@ def test_server_command_refuses_bad_settings(tmp_path: Path, args: list[str], me
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
-def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SCHEDY_URL"}
-    env["SCHEDY_TOKEN"] = "cli-token"
+def _start_cli_server(tmp_path: Path, *options: str, env: dict[str, str]) -> tuple[Any, str]:
+    """``schedy server --port 0 OPTIONS`` as a process, and the URL it announced."""
     server = subprocess.Popen(
         [
             sys.executable,
@@ -185,6 +184,7 @@ def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
             "server",
             "--port",
             "0",
+            *options,
         ],
         cwd=tmp_path,
         env=env,
@@ -192,16 +192,24 @@ def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert server.stderr is not None
+    seen = []
+    for line in server.stderr:  # the announcement comes once the port is bound
+        seen.append(line)
+        found = re.search(r"on (https?://127\.0\.0\.1:\d+) \(", line)
+        if found:
+            return server, found.group(1)
+    server.wait()
+    raise AssertionError("".join(seen))
+
+
+@pytest.mark.slow
+def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SCHEDY_URL"}
+    env["SCHEDY_TOKEN"] = "cli-token"
+    server, url = _start_cli_server(tmp_path, env=env)
     try:
-        assert server.stderr is not None
-        seen = []
-        for line in server.stderr:  # the announcement comes once the port is bound
-            seen.append(line)
-            found = re.search(r"on (http://127\.0\.0\.1:\d+) \(token required", line)
-            if found:
-                break
-        assert found, "".join(seen)
-        url = found.group(1)
+        assert url.startswith("http://")
         with schedy.SchedyDB(url, token="cli-token") as db:
             db.add_experiment(_pbt())
             experiment = db.get_experiment("pbt")
@@ -292,3 +300,52 @@ def test_a_restarting_server_is_waited_for(
         stop.set()
         restarter.join(timeout=30)
         db.close()
+
+
+@pytest.mark.slow
+def test_https_with_a_certificate(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certificate.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    env = {k: v for k, v in os.environ.items() if k not in ("SCHEDY_URL", "REQUESTS_CA_BUNDLE")}
+    env["SCHEDY_TOKEN"] = "tls-token"
+    options = (
+        "--ssl-certfile",
+        str(tmp_path / "cert.pem"),
+        "--ssl-keyfile",
+        str(tmp_path / "key.pem"),
+    )
+    server, url = _start_cli_server(tmp_path, *options, env=env)
+    try:
+        assert url.startswith("https://")
+        with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
+            schedy.SchedyDB(url, token="tls-token")  # an unknown CA is refused
+        with schedy.SchedyDB(url, token="tls-token", verify=str(tmp_path / "ca.pem")) as db:
+            db.add_experiment(schedy.ManualSearch("m"))
+            db.get_experiment("m").add_job({"x": 1})
+            assert [job.hyperparameters for job in db.get_experiment("m").all_jobs()] == [{"x": 1}]
+        with pytest.raises(StorageError, match="cannot reach"):  # plain HTTP gets nothing
+            schedy.SchedyDB(url.replace("https", "http"), token="tls-token")
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--ssl-certfile", "cert.pem"], "needs both a certificate and its key"),
+        (["--ssl-certfile", "nope.pem", "--ssl-keyfile", "nope.pem"], "no such file: nope.pem"),
+        (["--ssl-certfile", "junk.pem", "--ssl-keyfile", "junk.pem"], "cannot use the certificate"),
+    ],
+)
+def test_https_settings_are_checked(tmp_path: Path, options: list[str], message: str) -> None:
+    (tmp_path / "cert.pem").write_text("")
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("SCHEDY_TOKEN", "SCHEDY_URL")}
+    done = _cli("server", "--port", "0", *options, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

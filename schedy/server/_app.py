@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import secrets
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -298,13 +300,17 @@ def serve(
     port: int = 8080,
     token: str | None = None,
     log_level: str = "warning",
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Serve ``storage`` until interrupted (Ctrl-C, SIGTERM).
+    """Serve ``store`` until interrupted (Ctrl-C, SIGTERM).
 
     Without a token only loopback may listen: anyone who reaches the port
-    could otherwise read and change every experiment. The socket is bound
-    here, so ``port=0`` picks a free port and ``announce`` gets the real URL.
+    could otherwise read and change every experiment. With ``ssl_certfile``
+    and ``ssl_keyfile`` (PEM) it speaks HTTPS, so the token is not sent in
+    clear. The socket is bound here, so ``port=0`` picks a free port and
+    ``announce`` gets the real URL.
     """
     storage = _sql_storage(store)
     if not token and not is_loopback(host):
@@ -312,6 +318,13 @@ def serve(
             f"refusing to listen on {host} without a token: anyone reaching it could change "
             "every experiment. Give --token (or $SCHEDY_TOKEN), or listen on 127.0.0.1"
         )
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise ValueError(
+            "HTTPS needs both a certificate and its key (--ssl-certfile, --ssl-keyfile)"
+        )
+    for path in (ssl_certfile, ssl_keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"no such file: {path} (a PEM certificate or key for HTTPS)")
     import uvicorn
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -326,13 +339,24 @@ def serve(
         raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     bound = listener.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
+    scheme = "https" if ssl_certfile else "http"
+    served = getattr(storage, "_safe_url", lambda: storage.url)()  # no password in logs
     announce(
-        f"schedy server {__version__}: serving {storage.url} on http://{shown}:{bound} "
+        f"schedy server {__version__}: serving {served} on {scheme}://{shown}:{bound} "
         f"({'token required' if token else 'no token: this machine only'}; API docs at /docs)"
     )
     config = uvicorn.Config(
-        create_app(storage, token or None), log_level=log_level, timeout_graceful_shutdown=10
+        create_app(storage, token or None),
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
+    try:
+        config.load()  # reads the certificate now, so a bad one is a clear error
+    except (OSError, ssl.SSLError) as error:
+        listener.close()
+        raise ValueError(f"cannot use the certificate for HTTPS: {error}") from None
     try:
         uvicorn.Server(config).run(sockets=[listener])
     finally:

@@ -59,10 +59,19 @@ class HTTPStorage(Storage):
     """Storage on a ``schedy server`` at ``http(s)://host:port``.
 
     ``token`` is the server's token (sent as ``Authorization: Bearer``);
-    ``timeout`` bounds each request, in seconds.
+    ``timeout`` bounds each request, in seconds; ``verify`` is the CA bundle
+    (a path) that signed an HTTPS server's certificate, or False to skip the
+    check (default: the system's CAs, or ``$REQUESTS_CA_BUNDLE``).
     """
 
-    def __init__(self, url: str, *, token: str | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 60.0,
+        verify: bool | str | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"invalid schedy server URL {url!r}: use http(s)://host:port")
@@ -78,6 +87,7 @@ class HTTPStorage(Storage):
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
+        self._verify = verify
         # One session per thread: the heartbeat thread renews leases while
         # the worker's thread reports, and a Session is not thread-safe.
         self._local = threading.local()
@@ -116,6 +126,8 @@ class HTTPStorage(Storage):
                     params=params,
                     data=data,
                     timeout=self._timeout,
+                    # Per request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE.
+                    verify=self._verify,
                 )
                 break
             except requests.ConnectionError as error:
