@@ -349,3 +349,16 @@ def test_https_settings_are_checked(tmp_path: Path, options: list[str], message:
     done = _cli("server", "--port", "0", *options, env=env, cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_announcement_hides_the_database_password(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlalchemy as sa
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: None)
+    with_password = sa.engine.make_url(postgres_url).set(password="s3cret-pw")
+    lines: list[str] = []
+    serve(with_password.render_as_string(hide_password=False), port=0, announce=lines.append)
+    assert "s3cret-pw" not in lines[0] and "***" in lines[0]
