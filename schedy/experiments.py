@@ -199,6 +199,8 @@ class Experiment:
                 job = Job._from_record(claim.job, self, lease_seconds=lease_seconds)
                 return job
             if not claim.wait:
+                # Nothing can come: the experiment may just have become DONE.
+                self.status = storage.get_experiment(self.name).status
                 raise NoJobError(f"No job left for experiment {self.name!r}: {claim.reason}.")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
