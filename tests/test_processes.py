@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,7 @@ def test_sixteen_processes_run_a_pbt_population(store_url: str, tmp_path: Path) 
             assert parent.generation == job.generation - 1  # type: ignore[operator]
             assert parent.updated_at <= job.created_at
     for member in db.get_experiment("pbt").population():
-        assert member.ended and member.head_generation == 5
+        assert member.ended and member.head_generation == 9
     assert db.get_experiment("pbt").status == schedy.Experiment.DONE
 
 
@@ -158,3 +159,107 @@ def test_worker_killed_mid_job_frees_its_member(store_url: str, tmp_path: Path) 
     assert resumed.member == 0 and resumed.parent_id == first.id
     assert resumed.results["model_path"] == "ckpt/first"
     assert experiment.population()[0].crashes == 1
+
+
+CHAOS_WORKER = textwrap.dedent(
+    """
+    import os, random, sys, time
+    import schedy
+    from schedy.errors import NoJobError
+    url, log = sys.argv[1:3]
+    experiment = schedy.SchedyDB(url, lease_seconds=1.0).get_experiment('chaos')
+    rng = random.Random(os.getpid())
+    with open(log, 'a') as claims:
+        while True:
+            try:
+                job = experiment.next_job(timeout=60)
+            except NoJobError:
+                break
+            claims.write(job.id + '\\n')
+            claims.flush()
+            os.fsync(claims.fileno())
+            with job:
+                time.sleep(rng.uniform(0.05, 0.15))  # training, killed at random
+                job.results['acc'] = job.hyperparameters['lr'] * (1 + job.generation)
+    """
+)
+
+
+def test_workers_killed_at_random_lose_and_duplicate_nothing(
+    store_url: str, tmp_path: Path
+) -> None:
+    # Six workers run a population while one of them is SIGKILLed every
+    # 0.25 s (and replaced) -- mid-claim, mid-training or mid-finish. Whatever
+    # was killed, no job may be handed out twice, none may stay RUNNING, and
+    # every lineage must stay a chain of DONE jobs one generation apart.
+    import random
+
+    db = schedy.SchedyDB(store_url)
+    db.add_experiment(
+        schedy.PopulationBasedTraining(
+            "chaos",
+            schedy.pbt.MAXIMIZE,
+            "acc",
+            exploit=schedy.pbt.Truncate(0.25),
+            explore={"lr": schedy.pbt.Perturb()},
+            initial_distributions={"lr": schedy.random.Uniform(0.1, 1.0)},
+            population_size=4,
+            max_generations=10,
+            max_member_crashes=100,  # crashes here are the test's, not the members'
+        )
+    )
+    rng = random.Random(7)
+    logs: list[Path] = []
+
+    def start() -> subprocess.Popen[str]:
+        logs.append(tmp_path / f"claims{len(logs)}.txt")
+        return subprocess.Popen(
+            [sys.executable, "-c", CHAOS_WORKER, store_url, str(logs[-1])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    workers = [start() for _ in range(6)]
+    killed = 0
+    try:
+        for _ in range(8):
+            time.sleep(0.25)  # the pace of the kills: there is no event to wait for
+            alive = [w for w in workers if w.poll() is None]
+            if not alive:
+                break
+            victim = rng.choice(alive)
+            victim.kill()
+            victim.wait(timeout=30)
+            killed += 1
+            workers.remove(victim)
+            workers.append(start())
+        for worker in workers:
+            _, stderr = worker.communicate(timeout=240)
+            assert worker.returncode == 0, stderr
+            assert "Traceback" not in stderr, stderr
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+    assert killed >= 3  # the population outlived most of the kills
+    claimed = [line for log in logs if log.exists() for line in log.read_text().split()]
+    assert len(claimed) == len(set(claimed)), "a job was handed out twice"
+    experiment = db.get_experiment("chaos")
+    jobs = {job.id: job for job in experiment.all_jobs()}
+    assert experiment.status == schedy.Experiment.DONE
+    assert set(claimed) <= set(jobs)
+    assert {job.status for job in jobs.values()} <= {schedy.Job.DONE, schedy.Job.CRASHED}
+    for job in jobs.values():
+        if job.status == schedy.Job.CRASHED:
+            continue
+        if job.parent_id is None:
+            assert job.generation == 0
+        else:
+            parent = jobs[job.parent_id]
+            assert parent.status == schedy.Job.DONE
+            assert job.generation == (parent.generation or 0) + 1
+    for member in experiment.population():
+        assert member.ended and member.head_generation == 9
+        assert jobs[member.head_id or ""].status == schedy.Job.DONE
+    db.close()
