@@ -104,7 +104,7 @@ def test_sixteen_processes_run_a_pbt_population(store_url: str, tmp_path: Path) 
             assert parent.generation == job.generation - 1  # type: ignore[operator]
             assert parent.updated_at <= job.created_at
     for member in db.get_experiment("pbt").population():
-        assert member.ended and member.head_generation == 9
+        assert member.ended and member.head_generation == 5
     assert db.get_experiment("pbt").status == schedy.Experiment.DONE
 
 
