@@ -20,6 +20,8 @@ import pytest
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from schedy.storage._base import Storage
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "SCHEDY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
@@ -87,17 +89,18 @@ SERVER_TOKEN = "test-token-0123456789"
 
 @contextmanager
 def schedy_server(
-    database_url: str, token: str | None = SERVER_TOKEN, port: int = 0
+    database: str | Storage, token: str | None = SERVER_TOKEN, port: int = 0
 ) -> Iterator[str]:
     """A ``schedy server`` on a free loopback port, in a thread, serving
-    ``database_url``; yields its URL and stops it afterwards."""
+    ``database`` (a URL, or a storage object to serve as it is); yields its
+    URL and stops it afterwards."""
     pytest.importorskip("fastapi", reason="the HTTP backend needs: pip install 'schedy[server]'")
     import uvicorn
 
     from schedy.server import create_app
     from schedy.storage._sql import SQLStorage
 
-    storage = SQLStorage(database_url)
+    storage = SQLStorage(database) if isinstance(database, str) else database
     config = uvicorn.Config(
         create_app(storage, token), host="127.0.0.1", port=port, log_level="warning"
     )

@@ -31,7 +31,7 @@ import requests
 import schedy
 from schedy.errors import AuthenticationError, ServerError, StorageError
 from schedy.server import serve
-from schedy.storage import _http
+from schedy.storage import _http, _sql
 from schedy.storage._sql import SQLStorage
 
 
@@ -362,3 +362,45 @@ def test_the_announcement_hides_the_database_password(
     lines: list[str] = []
     serve(with_password.render_as_string(hide_password=False), port=0, announce=lines.append)
     assert "s3cret-pw" not in lines[0] and "***" in lines[0]
+
+
+class _FailingStorage(SQLStorage):
+    """Serves a database, but every get_experiment raises ``error``."""
+
+    error: Exception = RuntimeError()
+
+    def get_experiment(self, name: str) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected"),
+    [
+        (schedy.errors.NotFoundError("gone"), schedy.errors.NotFoundError),
+        (schedy.errors.ResourceExistsError("taken"), schedy.errors.ResourceExistsError),
+        (schedy.errors.UnsafeUpdateError("lease lost"), schedy.errors.UnsafeUpdateError),
+        (schedy.errors.SchemaVersionError("newer"), schedy.errors.SchemaVersionError),
+        (StorageError("locked"), StorageError),
+        (_sql._CommitLost("commit lost"), StorageError),
+        (_sql._IntegrityConflict("clash"), StorageError),
+        (ValueError("bad value"), ValueError),
+        (TypeError("bad type"), TypeError),
+        (RuntimeError("a bug"), ServerError),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
+)
+def test_every_error_the_server_sends_is_raised_as_itself(
+    tmp_path: Path,
+    start_server: Callable[..., AbstractContextManager[str]],
+    server_token: str,
+    raised: Exception,
+    expected: type[Exception],
+) -> None:
+    storage = _FailingStorage(f"sqlite:///{tmp_path}/s.db")
+    storage.error = raised
+    with start_server(storage) as url:
+        client = _http.HTTPStorage(url, token=server_token)
+        with pytest.raises(expected) as caught:
+            client.get_experiment("any")
+        assert str(raised) in str(caught.value)
+        client.close()
