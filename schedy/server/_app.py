@@ -141,7 +141,8 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
     )
     expected = None if token is None else token.encode("utf-8")
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:
+        # async: a plain def dependency would cost a thread hop per request.
         if expected is None:
             return
         header = request.headers.get("authorization", "")
