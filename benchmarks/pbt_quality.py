@@ -91,7 +91,13 @@ for _folder in (_HERE, _HERE.parent / "examples"):
     if str(_folder) not in sys.path:
         sys.path.insert(0, str(_folder))
 
-from toy_pbt import LEARNING_RATE, q_true, train_steps  # noqa: E402  (examples/toy_pbt.py)
+from toy_pbt import (  # noqa: E402  (examples/toy_pbt.py)
+    LEARNING_RATE,
+    q_true,
+    toy_experiment,
+    train_steps,
+    unit_uniform,
+)
 
 START_THETA = (0.9, 0.9)
 STEPS_PER_JOB = 4
@@ -226,34 +232,6 @@ def full_toy_job(steps: int) -> Callable[[schedy.Job], None]:
     return work
 
 
-def unit_uniform() -> dict[str, schedy.random.Distribution]:
-    return {"h0": schedy.random.Uniform(0.0, 1.0), "h1": schedy.random.Uniform(0.0, 1.0)}
-
-
-def toy_pbt_experiment(
-    name: str, seed: int, generations: int, population: int, random_start: bool
-) -> schedy.PopulationBasedTraining:
-    explore = schedy.pbt.Perturb(
-        0.8,
-        1.2,
-        low=0.0,
-        high=1.0,
-        resample_probability=0.25,
-        distribution=schedy.random.Uniform(0.0, 1.0),
-    )
-    return schedy.PopulationBasedTraining(
-        name,
-        schedy.pbt.MAXIMIZE,
-        "Q",
-        exploit=schedy.pbt.Truncate(0.25),
-        explore={"h0": explore, "h1": explore},
-        initial_distributions=unit_uniform() if random_start else None,
-        population_size=population,
-        max_generations=generations,
-        seed=seed,
-    )
-
-
 def best_q(experiment: schedy.Experiment, steps: int) -> float:
     """The best Q of any DONE job, checking that no model trained past ``steps``."""
     jobs = [job for job in experiment.all_jobs() if job.status == schedy.Job.DONE]
@@ -270,8 +248,8 @@ def schedy_toy_pbt(
     steps = ctx.budget.toy_steps
     workers = ctx.workers or population
     with schedy.SchedyDB(ctx.store_url()) as db:
-        experiment = toy_pbt_experiment(
-            "toy", seed, ctx.budget.toy_generations, population, random_start=not starts
+        experiment = toy_experiment(
+            "toy", population, ctx.budget.toy_generations, seed, random_start=not starts
         )
         db.add_experiment(experiment)
         for start in starts:

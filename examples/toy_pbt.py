@@ -39,14 +39,16 @@ def train_steps(theta: list[float], h: list[float], steps: int) -> list[float]:
     return theta
 
 
-def create_experiment(
-    db: schedy.SchedyDB, name: str, population: int, generations: int, seed: int | None
-) -> None:
-    try:
-        db.get_experiment(name).delete()
-        print(f"(replaced the previous experiment {name!r})")
-    except NotFoundError:
-        pass
+def unit_uniform() -> dict[str, schedy.random.Distribution]:
+    """h0 and h1 drawn uniformly from [0, 1]."""
+    return {"h0": schedy.random.Uniform(0.0, 1.0), "h1": schedy.random.Uniform(0.0, 1.0)}
+
+
+def toy_experiment(
+    name: str, population: int, generations: int, seed: int | None, random_start: bool = True
+) -> schedy.PopulationBasedTraining:
+    """The toy problem's PBT (shared with ``benchmarks/pbt_quality.py``);
+    ``random_start=False`` leaves the members to jobs queued by hand."""
     explore = schedy.pbt.Perturb(
         0.8,
         1.2,
@@ -55,22 +57,28 @@ def create_experiment(
         resample_probability=0.25,
         distribution=schedy.random.Uniform(0.0, 1.0),
     )
-    db.add_experiment(
-        schedy.PopulationBasedTraining(
-            name,
-            schedy.pbt.MAXIMIZE,
-            "Q",
-            exploit=schedy.pbt.Truncate(0.25),
-            explore={"h0": explore, "h1": explore},
-            initial_distributions={
-                "h0": schedy.random.Uniform(0.0, 1.0),
-                "h1": schedy.random.Uniform(0.0, 1.0),
-            },
-            population_size=population,
-            max_generations=generations,
-            seed=seed,
-        )
+    return schedy.PopulationBasedTraining(
+        name,
+        schedy.pbt.MAXIMIZE,
+        "Q",
+        exploit=schedy.pbt.Truncate(0.25),
+        explore={"h0": explore, "h1": explore},
+        initial_distributions=unit_uniform() if random_start else None,
+        population_size=population,
+        max_generations=generations,
+        seed=seed,
     )
+
+
+def create_experiment(
+    db: schedy.SchedyDB, name: str, population: int, generations: int, seed: int | None
+) -> None:
+    try:
+        db.get_experiment(name).delete()
+        print(f"(replaced the previous experiment {name!r})")
+    except NotFoundError:
+        pass
+    db.add_experiment(toy_experiment(name, population, generations, seed))
 
 
 def worker(url: str | None, name: str) -> None:
