@@ -81,6 +81,12 @@ def dumps(value: Any) -> str:
     return json.dumps(value, allow_nan=True, separators=(",", ":"))
 
 
+def canonical(value: Any) -> str:
+    """One text per JSON value (keys sorted), for equality and ordering: it
+    tells 1, 1.0 and true apart and makes NaN equal to itself."""
+    return json.dumps(value, sort_keys=True, allow_nan=True)
+
+
 def loads(text: str) -> Any:
     """Decode text written by :func:`dumps` (accepts ``NaN``/``Infinity``)."""
     return json.loads(text)

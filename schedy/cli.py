@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from tabulate import tabulate
 
 from . import __version__
-from ._values import is_number
+from ._values import canonical, is_number
 from ._workers import run_workers
 from .db import DEFAULT_URL, SchedyDB, _resolve_url, _sqlite_file
 from .errors import NoJobError, SchedyError
@@ -89,7 +89,7 @@ def _sort_key(value: Any) -> tuple[int, Any]:
         return (0, float(value))
     if isinstance(value, str):
         return (1, value)
-    return (2, json.dumps(value, sort_keys=True, allow_nan=True))
+    return (2, canonical(value))
 
 
 def _timestamp(seconds: float) -> str | None:

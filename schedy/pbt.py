@@ -20,13 +20,12 @@ JSON shapes follow the original Schedy client (``{"truncate": 0.2}``,
 from __future__ import annotations
 
 import abc
-import json
 import math
 import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._values import is_number, normalize
+from ._values import canonical, is_number, normalize
 from .random import (
     Choice,
     Constant,
@@ -199,10 +198,7 @@ class ExploreStrategy(abc.ABC):
         if type(self) is not type(other):
             return NotImplemented
         assert isinstance(other, ExploreStrategy)
-        # JSON text tells 1 from True and makes NaN equal to itself.
-        return json.dumps(self._to_json(), sort_keys=True) == json.dumps(
-            other._to_json(), sort_keys=True
-        )
+        return canonical(self._to_json()) == canonical(other._to_json())
 
 
 class Perturb(ExploreStrategy):

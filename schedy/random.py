@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from ._values import is_number, normalize
+from ._values import canonical, is_number, normalize
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -133,15 +133,11 @@ class Distribution(abc.ABC):
     def _to_json(self) -> dict[str, Any]:
         return {self._FUNC_NAME: self._args()}
 
-    def _key(self) -> str:
-        # JSON text tells 1, 1.0 and true apart and makes NaN equal to itself.
-        return json.dumps(self._to_json(), sort_keys=True, allow_nan=True)
-
     def __eq__(self, other: object) -> bool:
         if type(self) is not type(other):
             return NotImplemented
         assert isinstance(other, Distribution)
-        return self._key() == other._key()
+        return canonical(self._to_json()) == canonical(other._to_json())
 
     def __repr__(self) -> str:
         args = self._args()
