@@ -17,6 +17,7 @@ data, so each callback stays a thin layer of hooks:
   dict without undoing a learning-rate schedule);
 - checkpoints: :func:`checkpoint_dir`, :func:`checkpoint_path` (local paths
   and fsspec URLs alike);
+- the arguments every callback takes, checked once: :class:`JobCallback`;
 - reporting: :func:`record_epoch` (latest values, ``epoch``/``step`` and the
   per-epoch ``history`` in ``job.results``).
 
@@ -32,6 +33,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Protocol, TypeAlias
 
 from ..errors import SchedyError
+from ._checkpoints import check_keep_top_k
 
 __all__ = [
     "CHECKPOINT_DIR_ENV",
@@ -413,6 +415,42 @@ def checkpoint_path(directory: PathLike | None, job_id: str, suffix: str) -> str
     if is_url(folder):
         return f"{folder}/{name}"
     return os.path.join(folder, name)
+
+
+class JobCallback:
+    """What the Lightning and Keras callbacks are given, checked the same way
+    when the callback is built, so a mistake fails before any training."""
+
+    job: JobLike
+    monitor: str
+    epochs_per_job: int
+    keep_top_k: int | None
+    optimizer_hyperparameters: OptimizerMapping | None
+    #: ``{optimizer parameter: value}`` re-applied after a restore.
+    optimizer_values: dict[str, Any]
+    #: The folder (or URL) checkpoints are saved in and pruned from.
+    checkpoint_dir: str
+    #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
+    checkpoint_path: str
+
+    def _take_job(
+        self,
+        job: JobLike,
+        monitor: str,
+        epochs_per_job: int,
+        directory: PathLike | None,
+        optimizer_hyperparameters: OptimizerMapping | None,
+        keep_top_k: int | None,
+        suffix: str,
+    ) -> None:
+        self.job = job
+        self.monitor = check_monitor(monitor)
+        self.epochs_per_job = check_epochs_per_job(epochs_per_job)
+        self.keep_top_k = check_keep_top_k(keep_top_k)
+        self.optimizer_hyperparameters = optimizer_hyperparameters
+        self.optimizer_values = optimizer_values(job.hyperparameters, optimizer_hyperparameters)
+        self.checkpoint_dir = checkpoint_dir(directory)
+        self.checkpoint_path = checkpoint_path(self.checkpoint_dir, job.id, suffix)
 
 
 # -- reporting -------------------------------------------------------------

@@ -80,7 +80,7 @@ if int(keras.__version__.split(".", 1)[0]) < 3:
 
 from .. import _values
 from . import _core
-from ._checkpoints import check_keep_top_k, prune_after_save
+from ._checkpoints import prune_after_save
 from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
 
 __all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
@@ -103,7 +103,7 @@ _VALIDATION_HINT = (
 )
 
 
-class SchedyCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras is untyped
+class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: ignore[misc]  # keras is untyped
     """Run one schedy job in ``model.fit`` -- restore, re-apply hyperparameters, train, save.
 
     Args:
@@ -148,19 +148,16 @@ class SchedyCallback(keras.callbacks.Callback):  # type: ignore[misc]  # keras i
         keep_top_k: int | None = 1,
     ) -> None:
         super().__init__()
-        self.job = job
-        self.monitor = _core.check_monitor(monitor)
-        self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
-        self.keep_top_k = check_keep_top_k(keep_top_k)
-        self.optimizer_hyperparameters = optimizer_hyperparameters
-        # Resolved now, so that a bad mapping fails before any training.
-        self.optimizer_values = _keras_names(
-            _core.optimizer_values(job.hyperparameters, optimizer_hyperparameters)
+        self._take_job(
+            job,
+            monitor,
+            epochs_per_job,
+            checkpoint_dir,
+            optimizer_hyperparameters,
+            keep_top_k,
+            CHECKPOINT_SUFFIX,
         )
-        #: The folder (or URL) checkpoints are saved in and pruned from.
-        self.checkpoint_dir = _core.checkpoint_dir(checkpoint_dir)
-        #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
-        self.checkpoint_path = _core.checkpoint_path(self.checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
+        self.optimizer_values = _keras_names(self.optimizer_values)
         self._reset()
 
     def _reset(self) -> None:

@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._checkpoints import check_keep_top_k, prune_after_save
+from ._checkpoints import prune_after_save
 from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
 from .torch import apply_optimizer_values
 
@@ -95,7 +95,7 @@ if not TYPE_CHECKING:
     _CallbackBase = _primary_callback_class()
 
 
-class SchedyCallback(_CallbackBase):
+class SchedyCallback(_CallbackBase, _core.JobCallback):
     """Run one schedy job -- restore, re-apply hyperparameters, train a budget, save, report.
 
     Args:
@@ -144,18 +144,15 @@ class SchedyCallback(_CallbackBase):
         keep_top_k: int | None = 1,
     ) -> None:
         super().__init__()
-        self.job = job
-        self.keep_top_k = check_keep_top_k(keep_top_k)
-        self.checkpoint_dir = _core.checkpoint_dir(checkpoint_dir)
-        self.monitor = _core.check_monitor(monitor)
-        self.epochs_per_job = _core.check_epochs_per_job(epochs_per_job)
-        self.optimizer_hyperparameters = optimizer_hyperparameters
-        # Resolved now, so that a bad mapping fails before any training.
-        self.optimizer_values = _core.optimizer_values(
-            job.hyperparameters, optimizer_hyperparameters
+        self._take_job(
+            job,
+            monitor,
+            epochs_per_job,
+            checkpoint_dir,
+            optimizer_hyperparameters,
+            keep_top_k,
+            CHECKPOINT_SUFFIX,
         )
-        #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
-        self.checkpoint_path = _core.checkpoint_path(self.checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
         self._reset()
 
     def _reset(self) -> None:
