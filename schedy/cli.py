@@ -29,7 +29,7 @@ from tabulate import tabulate
 from . import __version__
 from ._values import canonical, is_number
 from ._workers import run_workers
-from .db import DEFAULT_URL, SchedyDB, _resolve_url, _sqlite_file
+from .db import DEFAULT_URL, SchedyDB, _resolve_url, _scheme, _sqlite_file
 from .errors import NoJobError, SchedyError
 from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch
 from .jobs import Job
@@ -1091,7 +1091,7 @@ def _setup_worker(commands: Any, common: argparse.ArgumentParser) -> None:
 
 def _cmd_server(args: argparse.Namespace, store: _Store) -> int:
     """Serve the store named by --db to workers on other machines."""
-    if store.url.split("://", 1)[0].lower() in ("http", "https"):
+    if _scheme(store.url) in ("http", "https"):
         raise UsageError(
             f"--db {store.url} is a schedy server: `schedy server` serves a database; "
             "give it sqlite:///path.db or postgresql://…"

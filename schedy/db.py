@@ -33,15 +33,21 @@ def _resolve_url(url: str | None) -> str:
     return url if url is not None else os.environ.get("SCHEDY_URL") or DEFAULT_URL
 
 
+def _scheme(url: str) -> str:
+    """The backend a URL names: ``sqlite``, ``postgresql``, ``http``…; ``""`` for a bare path."""
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+
+
 def _sqlite_file(url: str) -> str | None:
     """The file a SQLite URL (or bare path) names; None for in-memory and other backends.
 
     The CLI uses it to refuse to *create* a store on a read command, where a
     typo in --db would otherwise leave an empty database behind.
     """
-    if "://" not in url:
+    scheme = _scheme(url)
+    if scheme == "":
         return url
-    if url.split("://", 1)[0].split("+", 1)[0].lower() != "sqlite":
+    if scheme != "sqlite":
         return None
     database = url.split("://", 1)[1]
     database = database[1:] if database.startswith("/") else database
@@ -50,7 +56,7 @@ def _sqlite_file(url: str) -> str | None:
 
 
 def _open_storage(url: str, options: dict[str, Any]) -> Storage:
-    scheme = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+    scheme = _scheme(url)
     if scheme in ("http", "https"):
         from .storage._http import HTTPStorage
 
