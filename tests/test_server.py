@@ -404,3 +404,10 @@ def test_every_error_the_server_sends_is_raised_as_itself(
             client.get_experiment("any")
         assert str(raised) in str(caught.value)
         client.close()
+
+
+def test_the_client_knows_every_error_name_the_server_sends() -> None:
+    from schedy.server import _app
+
+    sent = {kind.__name__ for kind in _app._STATUS} | {"AuthenticationError"}
+    assert sent <= set(_http._ERRORS)

@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 
-#: Error class -> HTTP status; the client maps the type name back to the class.
+#: Error class -> HTTP status, most specific first; the client maps the class
+#: name back to the class.
 _STATUS: dict[type[BaseException], int] = {
     NotFoundError: 404,
     ResourceExistsError: 409,
@@ -165,9 +166,12 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
     @app.exception_handler(ValueError)
     @app.exception_handler(TypeError)
     async def known_error(request: Request, error: Exception) -> Response:
-        status = next((code for kind, code in _STATUS.items() if isinstance(error, kind)), 500)
-        kind = type(error).__name__ if status != 500 else "ServerError"
-        return _error(status, kind, str(error))
+        # Named by the public class it is (a private subclass travels as its
+        # base), so the client's table knows every name a server can send.
+        kind = next((kind for kind in _STATUS if isinstance(error, kind)), None)
+        if kind is None:
+            return _error(500, "ServerError", str(error))
+        return _error(_STATUS[kind], kind.__name__, str(error))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:

@@ -44,8 +44,6 @@ _ERRORS: dict[str, type[Exception]] = {
     "UnsafeUpdateError": UnsafeUpdateError,
     "SchemaVersionError": SchemaVersionError,
     "StorageError": StorageError,
-    "_IntegrityConflict": StorageError,
-    "_CommitLost": StorageError,
     "AuthenticationError": AuthenticationError,
     "ValueError": ValueError,
     "TypeError": TypeError,
