@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .storage._base import JobRecord, MemberRecord
+from ._records import JobRecord, MemberRecord
 
 
 @dataclass

@@ -9,12 +9,29 @@ survive a round trip because every backend stores the JSON text that
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["dumps", "loads", "normalize", "normalize_mapping"]
+__all__ = ["StrEnum", "dumps", "loads", "normalize", "normalize_mapping"]
+
+
+class StrEnum(str, enum.Enum):
+    """An enum whose members are their string values in every respect.
+
+    Unlike a bare ``(str, Enum)`` mix-in, ``str()``, ``format()`` and
+    ``hash()`` are the string's, so a member prints as ``DONE``, and finds and
+    is found by the plain string in dicts and sets.
+    """
+
+    __str__ = str.__str__
+    __format__ = str.__format__  # type: ignore[assignment]
+    __hash__ = str.__hash__
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 def _scalar_item(value: Any) -> Any:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from tabulate import tabulate
 
 from . import __version__
+from ._records import MemberRecord
 from ._values import canonical, is_number
 from ._workers import run_workers
 from .db import DEFAULT_URL, SchedyDB, _resolve_url, _scheme, _sqlite_file
@@ -35,7 +36,6 @@ from .experiments import Experiment, ManualSearch, PopulationBasedTraining, Rand
 from .jobs import Job
 from .pbt import _EXPLORE_STRATEGIES, MAXIMIZE, MINIMIZE, ExploreStrategy, Truncate
 from .random import _DISTRIBUTION_TYPES, Distribution
-from .storage._base import MemberRecord
 
 __all__ = ["main"]
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import _history, _values
+from ._records import ExperimentRecord, ExperimentStatus, MemberRecord
 from ._scheduling import (
     CreateJob,
     Decision,
@@ -36,7 +37,8 @@ from .pbt import (
     _explore_from_json,
 )
 from .random import Distribution, _distribution_from_json
-from .storage._base import EXPERIMENT_STATUSES, ExperimentRecord, MemberRecord
+
+EXPERIMENT_STATUSES = tuple(ExperimentStatus)
 
 if TYPE_CHECKING:
     from .db import SchedyDB
@@ -105,9 +107,9 @@ class Experiment:
     """
 
     #: Status of an experiment that hands out jobs.
-    RUNNING: ClassVar[str] = "RUNNING"
+    RUNNING: ClassVar[ExperimentStatus] = ExperimentStatus.RUNNING
     #: Status of a finished (or paused) experiment: ``next_job`` raises NoJobError.
-    DONE: ClassVar[str] = "DONE"
+    DONE: ClassVar[ExperimentStatus] = ExperimentStatus.DONE
 
     _KIND: ClassVar[str] = ""
     #: Seed of the scheduling RNG (kinds that draw at random accept one).

@@ -11,8 +11,8 @@ import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ._records import JobRecord, JobStatus, JobUpdate
 from .errors import UnsafeUpdateError
-from .storage._base import JobRecord, JobUpdate
 
 if TYPE_CHECKING:
     from .experiments import Experiment
@@ -99,15 +99,15 @@ class Job:
     """
 
     #: Waiting in the queue to be handed out by ``next_job``.
-    QUEUED: ClassVar[str] = "QUEUED"
+    QUEUED: ClassVar[JobStatus] = JobStatus.QUEUED
     #: Handed out to a worker, which holds its lease.
-    RUNNING: ClassVar[str] = "RUNNING"
+    RUNNING: ClassVar[JobStatus] = JobStatus.RUNNING
     #: Failed: an exception in the worker, or the worker was lost (lease expired).
-    CRASHED: ClassVar[str] = "CRASHED"
+    CRASHED: ClassVar[JobStatus] = JobStatus.CRASHED
     #: Abandoned on purpose because it was not worth going on.
-    PRUNED: ClassVar[str] = "PRUNED"
+    PRUNED: ClassVar[JobStatus] = JobStatus.PRUNED
     #: Finished successfully.
-    DONE: ClassVar[str] = "DONE"
+    DONE: ClassVar[JobStatus] = JobStatus.DONE
 
     def __init__(
         self,

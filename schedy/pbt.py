@@ -25,7 +25,7 @@ import random
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ._values import canonical, is_number, normalize
+from ._values import StrEnum, canonical, is_number, normalize
 from .random import (
     Choice,
     Constant,
@@ -54,10 +54,18 @@ __all__ = [
     "Truncate",
 ]
 
-#: Minimize the objective (e.g. a loss).
-MINIMIZE = "min"
-#: Maximize the objective (e.g. an accuracy).
-MAXIMIZE = "max"
+
+class Objective(StrEnum):
+    """Which way a result ranks: its values are the strings stored and typed on the CLI."""
+
+    #: Minimize the objective (e.g. a loss).
+    MINIMIZE = "min"
+    #: Maximize the objective (e.g. an accuracy).
+    MAXIMIZE = "max"
+
+
+MINIMIZE = Objective.MINIMIZE
+MAXIMIZE = Objective.MAXIMIZE
 
 
 # -- exploit ------------------------------------------------------------------

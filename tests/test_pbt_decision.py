@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 
 import schedy
+from schedy._records import JobRecord, MemberRecord
 from schedy._scheduling import CreateJob, EndMember, Exhausted, SchedulingState, TakeQueued, Wait
-from schedy.storage._base import JobRecord, MemberRecord
 
 
 def _experiment(**kwargs: object) -> schedy.PopulationBasedTraining:

@@ -31,6 +31,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from None
 
 from .. import __version__, _values
+from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate
 from ..db import SchedyDB
 from ..errors import (
     NotFoundError,
@@ -40,7 +41,7 @@ from ..errors import (
     StorageError,
     UnsafeUpdateError,
 )
-from ..storage._base import Claim, ExperimentRecord, JobRecord, JobUpdate, Storage
+from ..storage._base import Storage
 from ..storage._http import HTTPStorage
 
 __all__ = ["create_app", "serve"]

@@ -22,112 +22,12 @@ Contract (checked by ``tests/test_storage_conformance.py`` for every backend):
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["Claim", "ExperimentRecord", "JobRecord", "MemberRecord", "Storage"]
+from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord
 
-QUEUED = "QUEUED"
-RUNNING = "RUNNING"
-CRASHED = "CRASHED"
-PRUNED = "PRUNED"
-DONE = "DONE"
-JOB_STATUSES = (QUEUED, RUNNING, CRASHED, PRUNED, DONE)
-
-EXPERIMENT_RUNNING = "RUNNING"
-EXPERIMENT_DONE = "DONE"
-EXPERIMENT_STATUSES = (EXPERIMENT_RUNNING, EXPERIMENT_DONE)
-
-
-@dataclass
-class ExperimentRecord:
-    """An experiment as stored: its kind (scheduler) and JSON configuration."""
-
-    name: str
-    kind: str
-    status: str
-    config: dict[str, Any]
-
-
-@dataclass
-class JobRecord:
-    """A job as stored, with its PBT lineage.
-
-    ``parent_id`` is the job whose checkpoint/results this job continues from
-    (for an exploited job: the better member's job); ``exploited_from`` is set
-    only when the job was created by exploitation. ``lease_token`` is only
-    filled in for the worker that claimed the job.
-    """
-
-    id: str
-    experiment: str
-    status: str
-    hyperparameters: dict[str, Any]
-    results: dict[str, Any]
-    member: int | None = None
-    generation: int | None = None
-    parent_id: str | None = None
-    exploited_from: str | None = None
-    error: str | None = None
-    lease_token: str | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-
-
-class MemberRecord(NamedTuple):
-    """One PBT population member: the compact state scheduling reads.
-
-    ``head_id`` is the member's last good (DONE) job — where it resumes from;
-    ``busy_id`` the job now queued or running for it. ``score`` is the head's
-    ranking value, already oriented so that higher is better (``None`` =
-    missing or NaN, ranked worst). ``ready_since`` (when its last job ended)
-    orders ready members so the one that waited longest goes first.
-    ``history`` holds recent ``(generation, score)`` pairs (see
-    ``schedy._history``) for comparing members at equal progress.
-
-    A named tuple whose fields are the storage's member columns: a claim
-    builds one per member straight from the database row (the scheduling hot
-    path); change one with ``member._replace(ended=True)``.
-    """
-
-    index: int  # type: ignore[assignment]  # the member number; shadows tuple.index
-    head_id: str | None = None
-    head_generation: int | None = None
-    score: float | None = None
-    busy_id: str | None = None
-    last_id: str | None = None
-    crashes: int = 0
-    ended: bool = False
-    ready_since: float = 0.0
-    history: str | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.busy_id is None and not self.ended
-
-
-@dataclass
-class Claim:
-    """What ``claim_job`` gives: a job, or why there is none.
-
-    ``wait`` is True when nothing is available now but something may come
-    (every member busy); False with no job means nothing can ever come.
-    """
-
-    job: JobRecord | None
-    wait: bool = False
-    reason: str = ""
-
-
-@dataclass
-class JobUpdate:
-    """Fields a worker writes back with ``put``; ``None`` leaves a field as is."""
-
-    status: str | None = None
-    hyperparameters: Mapping[str, Any] | None = None
-    results: Mapping[str, Any] | None = None
-    error: str | None = None
+__all__ = ["Storage"]
 
 
 class Storage(abc.ABC):

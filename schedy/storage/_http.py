@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from .. import _values
+from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord
 from ..errors import (
     AuthenticationError,
     NotFoundError,
@@ -31,7 +32,7 @@ from ..errors import (
     StorageError,
     UnsafeUpdateError,
 )
-from ._base import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord, Storage
+from ._base import Storage
 
 __all__ = ["HTTPStorage"]
 

@@ -37,6 +37,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from .. import _history as _scores
 from .. import _values
+from .._records import (
+    Claim,
+    ExperimentRecord,
+    ExperimentStatus,
+    JobRecord,
+    JobStatus,
+    JobUpdate,
+    MemberRecord,
+)
 from .._scheduling import (
     CreateJob,
     Decision,
@@ -53,21 +62,17 @@ from ..errors import (
     StorageError,
     UnsafeUpdateError,
 )
-from ._base import (
-    CRASHED,
-    DONE,
-    EXPERIMENT_DONE,
-    EXPERIMENT_STATUSES,
-    JOB_STATUSES,
-    PRUNED,
-    RUNNING,
-    Claim,
-    ExperimentRecord,
-    JobRecord,
-    JobUpdate,
-    MemberRecord,
-    Storage,
+from ._base import Storage
+
+CRASHED, DONE, PRUNED, RUNNING = (
+    JobStatus.CRASHED,
+    JobStatus.DONE,
+    JobStatus.PRUNED,
+    JobStatus.RUNNING,
 )
+EXPERIMENT_DONE = ExperimentStatus.DONE
+JOB_STATUSES = tuple(JobStatus)
+EXPERIMENT_STATUSES = tuple(ExperimentStatus)
 
 if TYPE_CHECKING:
     from ..experiments import Experiment
