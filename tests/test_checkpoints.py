@@ -37,9 +37,9 @@ def _start(job: schedy.Job, folder: Path) -> float:
     return float(path.read_text())
 
 
-@pytest.mark.parametrize("keep_top", [0, 1, 3])
+@pytest.mark.parametrize("keep_top_k", [0, 1, 3])
 def test_pruning_bounds_disk_and_keeps_every_needed_checkpoint(
-    store_url: str, tmp_path: Path, keep_top: int
+    store_url: str, tmp_path: Path, keep_top_k: int
 ) -> None:
     population, concurrent = 4, 3
     folder = tmp_path / "ckpt"
@@ -64,16 +64,16 @@ def test_pruning_bounds_disk_and_keeps_every_needed_checkpoint(
         path.write_text(repr(weight))
         job.results = {"acc": weight + rng.random(), "model_path": str(path)}
         job.put()
-        prune_checkpoints(experiment, folder, keep_top=keep_top)
+        prune_checkpoints(experiment, folder, keep_top_k=keep_top_k)
         job.status = schedy.Job.DONE
         job.put()
         done += 1
         checkpoints = [p for p in folder.iterdir() if p.suffix == ".ckpt"]
         # member heads + jobs in flight (+ this one, now a head) + the best ones
-        assert len(checkpoints) <= population + len(running) + 1 + keep_top
+        assert len(checkpoints) <= population + len(running) + 1 + keep_top_k
     assert done > 50
     assert (folder / "notes.txt").exists()
-    for best in experiment.best_jobs(keep_top):
+    for best in experiment.best_jobs(keep_top_k):
         assert Path(best.results["model_path"]).exists()
 
 
@@ -89,8 +89,10 @@ def test_keep_all_and_other_experiments_files(tmp_path: Path) -> None:
             path = tmp_path / f"{job.id}.ckpt"
             path.write_text("1")
             job.results = {"acc": 1.0, "model_path": str(path)}
-    assert prune_checkpoints(experiment, tmp_path, keep_top=-1) == []
-    removed = prune_checkpoints(experiment, tmp_path, keep_top=0)
+    assert prune_checkpoints(experiment, tmp_path, keep_top_k=None) == []  # keeps everything
+    with pytest.raises(ValueError, match="keep_top_k must be an int >= 0"):
+        prune_checkpoints(experiment, tmp_path, keep_top_k=-1)  # was "keep all" as keep_top
+    removed = prune_checkpoints(experiment, tmp_path, keep_top_k=0)
     assert len(removed) == 4 and foreign.exists()
     assert prune_checkpoints(experiment, tmp_path / "missing") == []
 
@@ -106,6 +108,6 @@ def test_fsspec_url_folder(tmp_path: Path) -> None:
             with fs.open(url, "w") as handle:
                 handle.write("1")
             job.results = {"acc": 1.0, "model_path": url}
-    removed = prune_checkpoints(experiment, "memory://ckpt", keep_top=0)
+    removed = prune_checkpoints(experiment, "memory://ckpt", keep_top_k=0)
     assert len(removed) == 2
     assert fs.ls("memory://ckpt", detail=False) == [f"/ckpt/{job.id}.ckpt"]

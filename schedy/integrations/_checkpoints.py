@@ -5,23 +5,28 @@ PBT writes one checkpoint per job, so left alone disk use grows without bound
 from a checkpoint that was just removed (Ray Tune #9036). A checkpoint is
 kept while any of these may still read it: a member's resume point (its last
 DONE job), a QUEUED or RUNNING job (which continues a parent's checkpoint or
-is writing its own), or one of the ``keep_top`` best jobs.
+is writing its own), or one of the ``keep_top_k`` best jobs.
 
 Safety against a concurrent claim: the folder is listed *before* the store
 is read, in one consistent snapshot. A checkpoint written after the listing
 is not a candidate; one written before it belongs to a job that was still
 RUNNING, or whose DONE made it a member's head, at snapshot time — both kept.
+
+:func:`prune_checkpoints` is the policy, for any worker loop;
+:func:`prune_after_save` is what the callbacks call after each save, and
+:func:`check_keep_top_k` validates their ``keep_top_k`` argument. Files are
+listed and removed through :mod:`schedy.integrations._files`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NotFoundError
+from ._files import MODEL_PATH_KEY, fsspec_available, is_url, list_files, remove_file
 
 if TYPE_CHECKING:
     from ..experiments import Experiment
@@ -31,42 +36,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["check_keep_top_k", "prune_after_save", "prune_checkpoints"]
 
 
-def _is_url(path: str) -> bool:
-    return "://" in path
-
-
-def _filesystem(directory: str) -> Any:
-    """The fsspec filesystem of a URL (``s3://…``, ``memory://…``)."""
-    from ._core import fsspec_module
-
-    return fsspec_module().filesystem(directory.split("://", 1)[0])
-
-
-def _list(directory: str) -> list[str]:
-    if _is_url(directory):
-        fs = _filesystem(directory)
-        protocol = directory.split("://", 1)[0]
-        entries = fs.ls(directory, detail=False)
-        return [e if _is_url(e) else f"{protocol}://{e.lstrip('/')}" for e in entries]
-    if not os.path.isdir(directory):
-        return []
-    paths = (os.path.join(directory, name) for name in os.listdir(directory))
-    return [path for path in paths if os.path.isfile(path)]
-
-
-def _remove(path: str) -> bool:
-    try:
-        if _is_url(path):
-            _filesystem(path).rm(path)
-        else:
-            os.remove(path)
-    except FileNotFoundError:
-        return False  # another worker pruned it first
-    return True
-
-
 def _normalize(path: str) -> str:
-    if _is_url(path):
+    if is_url(path):
         protocol, rest = path.split("://", 1)
         return f"{protocol}://{rest.lstrip('/')}"
     return os.path.realpath(path)
@@ -81,29 +52,30 @@ def prune_checkpoints(
     experiment: Experiment,
     directory: str | os.PathLike[str],
     *,
-    key: str = "model_path",
-    keep_top: int = 1,
+    key: str = MODEL_PATH_KEY,
+    keep_top_k: int | None = 1,
 ) -> list[str]:
     """Delete the checkpoints in ``directory`` that no job can need; return them.
 
     Only files named ``<job id>.<ext>`` after a job of this ``experiment``
     are considered, so a folder shared with other experiments or other files
-    is safe. ``key`` is the result naming a job's checkpoint; ``keep_top``
-    keeps the checkpoints of that many best jobs (``keep_top < 0`` keeps
-    everything: nothing is deleted).
+    is safe. ``key`` is the result naming a job's checkpoint; ``keep_top_k``
+    keeps the checkpoints of that many best jobs too (``None`` keeps
+    everything: nothing is deleted), as the callbacks' argument of that name.
     """
-    if keep_top < 0:
+    keep_top_k = check_keep_top_k(keep_top_k)
+    if keep_top_k is None:
         return []
     directory = os.fspath(directory)
-    listed = _list(directory)  # before the snapshot: see the module docstring
+    listed = list_files(directory)  # before the snapshot: see the module docstring
     if not listed:
         return []
-    in_use = experiment._storage.jobs_in_use(experiment.name, keep_top)
+    in_use = experiment._storage.jobs_in_use(experiment.name, keep_top_k)
     kept_paths = {_normalize(str(job.results[key])) for job in in_use if job.results.get(key)}
     kept_ids = {job.id for job in in_use}
     removed = []
     for path in _candidates(experiment, listed, kept_paths, kept_ids):
-        if _remove(path):
+        if remove_file(path):
             removed.append(path)
     if removed:
         logger.debug("pruned %d checkpoints of %r", len(removed), experiment.name)
@@ -125,7 +97,7 @@ def _candidates(
 
 
 def check_keep_top_k(keep_top_k: Any) -> int | None:
-    """Validate a callback's ``keep_top_k`` (``None``: keep every checkpoint)."""
+    """Validate a ``keep_top_k`` argument: an int >= 0, or ``None`` (keep every checkpoint)."""
     if keep_top_k is None:
         return None
     if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 0:
@@ -145,10 +117,10 @@ def prune_after_save(job: Any, directory: str, keep_top_k: int | None) -> None:
     experiment = getattr(job, "experiment", None)
     if keep_top_k is None or experiment is None:
         return
-    if _is_url(directory) and importlib.util.find_spec("fsspec") is None:
+    if is_url(directory) and not fsspec_available():
         return
     try:
-        prune_checkpoints(experiment, directory, keep_top=keep_top_k)
+        prune_checkpoints(experiment, directory, keep_top_k=keep_top_k)
     except Exception:  # housekeeping: the job's training and results stand
         logger.warning(
             "job %s: could not prune the checkpoints in %s", job.id, directory, exc_info=True

@@ -10,30 +10,42 @@ data, so each callback stays a thin layer of hooks:
 - metrics: :func:`to_float`, :func:`extract_metrics`, :func:`without_reserved`,
   :func:`monitored_value` (raises :class:`MissingMetricError` listing the
   metrics that exist);
-- the epoch budget: :func:`check_epochs_per_job`, :func:`budget_decision`;
+- the epoch budget: :func:`check_epochs_per_job`, :func:`budget_decision`,
+  :func:`is_count` (an epoch or step counter read back from a checkpoint);
 - optimizer hyperparameters: :func:`resolve_mapping`, :func:`optimizer_values`
-  (job hyperparameters -> ``{optimizer_param: value}``) and
-  :func:`update_param_group` (applies them to one torch-style param-group
-  dict without undoing a learning-rate schedule);
+  (job hyperparameters -> ``{optimizer_param: value}``),
+  :func:`previous_optimizer_values` (the same for the hyperparameters a
+  restored checkpoint was trained with) and :func:`update_param_group`
+  (applies them to one torch-style param-group dict without undoing a
+  learning-rate schedule);
 - checkpoints: :func:`checkpoint_dir`, :func:`checkpoint_path` (local paths
-  and fsspec URLs alike);
-- the arguments every callback takes, checked once: :class:`JobCallback`;
+  and fsspec URLs alike; reading and writing the files is
+  :mod:`schedy.integrations._files`' job, pruning them
+  :mod:`schedy.integrations._checkpoints`');
 - reporting: :func:`record_epoch` (latest values, ``epoch``/``step`` and the
-  per-epoch ``history`` in ``job.results``).
+  per-epoch ``history`` in ``job.results``);
+- :class:`JobCallback`: what the Lightning and Keras callbacks share -- their
+  arguments, checked once, the per-job state, the epoch budget, the
+  per-epoch metrics and the monitor requirement, the state saved with a
+  checkpoint and what follows a save -- so each keeps only the hooks of its
+  framework.
 
 Nothing here imports torch, Lightning or Keras; values are duck-typed
-(anything with ``.item()``/``__float__`` is a number).
+(anything with ``.item()``/``__float__`` is a number). Imports go one way:
+``_files`` <- ``_checkpoints`` <- ``_core`` <- the framework modules.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any, Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeGuard
 
 from ..errors import SchedyError
-from ._checkpoints import check_keep_top_k
+from ._checkpoints import check_keep_top_k, prune_after_save
+from ._files import MODEL_PATH_KEY, PathLike, fsspec_module, is_url
 
 __all__ = [
     "CHECKPOINT_DIR_ENV",
@@ -45,6 +57,7 @@ __all__ = [
     "RESERVED_RESULTS",
     "SCHEDULED_PARAMS",
     "STEP_KEY",
+    "JobCallback",
     "JobLike",
     "MissingMetricError",
     "OptimizerMapping",
@@ -55,9 +68,12 @@ __all__ = [
     "checkpoint_dir",
     "checkpoint_path",
     "extract_metrics",
+    "fsspec_module",
+    "is_count",
     "is_url",
     "monitored_value",
     "optimizer_values",
+    "previous_optimizer_values",
     "record_epoch",
     "resolve_mapping",
     "to_float",
@@ -65,10 +81,8 @@ __all__ = [
     "without_reserved",
 ]
 
-#: The result that names the checkpoint a job continues from (the original
-#: client's key: PBT copies it from the parent, so an exploited job reloads the
-#: better member's checkpoint).
-MODEL_PATH_KEY = "model_path"
+# MODEL_PATH_KEY (the result naming the checkpoint a job continues from),
+# PathLike, is_url and fsspec_module come from ._files, and are re-exported.
 #: Per-epoch history of every reported metric, ``{name: [value per epoch]}``.
 HISTORY_KEY = "history"
 #: Epochs trained so far along the lineage (not only in this job).
@@ -92,7 +106,6 @@ SCHEDULED_PARAMS = frozenset({"lr"})
 
 #: ``{job hyperparameter: optimizer parameter or None}``; None drops a default.
 OptimizerMapping: TypeAlias = Mapping[str, str | None]
-PathLike: TypeAlias = str | os.PathLike[str]
 
 
 class JobLike(Protocol):
@@ -215,6 +228,11 @@ def check_epochs_per_job(epochs_per_job: Any) -> int:
     return epochs_per_job
 
 
+def is_count(value: Any) -> TypeGuard[int]:
+    """Whether ``value`` is an epoch or step counter: an int >= 0 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def budget_decision(
     start_epoch: int, epochs_completed: int, epochs_per_job: int
 ) -> tuple[bool, str | None]:
@@ -299,6 +317,20 @@ def optimizer_values(
     return values
 
 
+def previous_optimizer_values(
+    hyperparameters: Any, mapping: OptimizerMapping | None = None
+) -> dict[str, Any] | None:
+    """:func:`optimizer_values` of the hyperparameters a restored checkpoint was trained with.
+
+    ``hyperparameters`` is what the checkpoint recorded; None (unknown) when
+    it is not a mapping. Not strict: that job may lack a hyperparameter the
+    mapping names.
+    """
+    if not isinstance(hyperparameters, Mapping):
+        return None
+    return optimizer_values(hyperparameters, mapping, strict=False)
+
+
 #: Param-group keys torch LR schedulers derive the rate from (``initial_lr``:
 #: every scheduler's base; ``max_lr``/``min_lr``: OneCycleLR's): a new base
 #: rate scales them all, so the whole remaining schedule scales.
@@ -371,23 +403,6 @@ def update_param_group(
 
 
 # -- checkpoints -----------------------------------------------------------
-def is_url(path: PathLike) -> bool:
-    """True for ``scheme://...`` paths (fsspec URLs such as ``s3://bucket/dir``)."""
-    return "://" in os.fspath(path)
-
-
-def fsspec_module() -> Any:
-    """fsspec, imported only for URL checkpoint paths, with a clear error if absent."""
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(
-            "checkpoint paths that are URLs need fsspec (and its driver, e.g. s3fs): "
-            "pip install fsspec"
-        ) from None
-    return fsspec
-
-
 def checkpoint_dir(directory: PathLike | None = None) -> str:
     """The checkpoint folder: ``directory``, else ``$SCHEDY_CHECKPOINT_DIR``, else ``checkpoints``.
 
@@ -415,42 +430,6 @@ def checkpoint_path(directory: PathLike | None, job_id: str, suffix: str) -> str
     if is_url(folder):
         return f"{folder}/{name}"
     return os.path.join(folder, name)
-
-
-class JobCallback:
-    """What the Lightning and Keras callbacks are given, checked the same way
-    when the callback is built, so a mistake fails before any training."""
-
-    job: JobLike
-    monitor: str
-    epochs_per_job: int
-    keep_top_k: int | None
-    optimizer_hyperparameters: OptimizerMapping | None
-    #: ``{optimizer parameter: value}`` re-applied after a restore.
-    optimizer_values: dict[str, Any]
-    #: The folder (or URL) checkpoints are saved in and pruned from.
-    checkpoint_dir: str
-    #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
-    checkpoint_path: str
-
-    def _take_job(
-        self,
-        job: JobLike,
-        monitor: str,
-        epochs_per_job: int,
-        directory: PathLike | None,
-        optimizer_hyperparameters: OptimizerMapping | None,
-        keep_top_k: int | None,
-        suffix: str,
-    ) -> None:
-        self.job = job
-        self.monitor = check_monitor(monitor)
-        self.epochs_per_job = check_epochs_per_job(epochs_per_job)
-        self.keep_top_k = check_keep_top_k(keep_top_k)
-        self.optimizer_hyperparameters = optimizer_hyperparameters
-        self.optimizer_values = optimizer_values(job.hyperparameters, optimizer_hyperparameters)
-        self.checkpoint_dir = checkpoint_dir(directory)
-        self.checkpoint_path = checkpoint_path(self.checkpoint_dir, job.id, suffix)
 
 
 # -- reporting -------------------------------------------------------------
@@ -492,3 +471,154 @@ def record_epoch(
     results.update(row)
     results[HISTORY_KEY] = history
     return results
+
+
+# -- what the callbacks share ----------------------------------------------
+class JobCallback:
+    """The framework-agnostic half of the Lightning and Keras ``SchedyCallback``.
+
+    A callback derives from its framework's ``Callback`` and from this class,
+    calls :meth:`_take_job` in its ``__init__`` (every argument checked when
+    the callback is built, so a mistake fails before any training) and
+    :meth:`_reset` when ``fit`` starts, and keeps the hooks of its framework:
+    restoring and saving, reading counters and metrics, stopping training.
+    It tells this class about its framework through the class attributes
+    below and :meth:`_optimizer_names`.
+    """
+
+    #: How to log the monitor in this framework, appended to a
+    #: :class:`MissingMetricError` (``{monitor}``: the monitor's repr).
+    _log_hint: ClassVar[str] = ""
+    #: What a validation metric needs in this framework, appended to a
+    #: :class:`MissingMetricError` when no validation ran in this job.
+    _validation_hint: ClassVar[str] = ""
+    #: Whether logged metrics named like a result schedy writes (``epoch``,
+    #: ``step``...) are set aside with a warning; else :func:`record_epoch`
+    #: refuses them.
+    _drops_reserved_metrics: ClassVar[bool] = False
+
+    job: JobLike
+    monitor: str
+    epochs_per_job: int
+    keep_top_k: int | None
+    optimizer_hyperparameters: OptimizerMapping | None
+    #: ``{optimizer parameter: value}`` re-applied after a restore.
+    optimizer_values: dict[str, Any]
+    #: The folder (or URL) checkpoints are saved in and pruned from.
+    checkpoint_dir: str
+    #: Where this job's checkpoint is saved (``job.results['model_path']`` afterwards).
+    checkpoint_path: str
+    #: Lineage epoch at which this job's budget started (None until ``fit`` starts).
+    start_epoch: int | None
+    #: The checkpoint this callback restored (None: a fresh start, or a
+    #: checkpoint the framework restored itself).
+    restored_from: str | None
+    #: Why training was stopped, once the budget is spent.
+    stopping_reason: str | None
+    #: Whether a validation run ended in this ``fit``.
+    _validated: bool
+
+    def _take_job(
+        self,
+        job: JobLike,
+        monitor: str,
+        epochs_per_job: int,
+        directory: PathLike | None,
+        optimizer_hyperparameters: OptimizerMapping | None,
+        keep_top_k: int | None,
+        suffix: str,
+    ) -> None:
+        """Check and keep the callback's arguments, then :meth:`_reset`."""
+        self.job = job
+        self.monitor = check_monitor(monitor)
+        self.epochs_per_job = check_epochs_per_job(epochs_per_job)
+        self.keep_top_k = check_keep_top_k(keep_top_k)
+        self.optimizer_hyperparameters = optimizer_hyperparameters
+        self.optimizer_values = self._optimizer_names(
+            optimizer_values(job.hyperparameters, optimizer_hyperparameters)
+        )
+        self.checkpoint_dir = checkpoint_dir(directory)
+        self.checkpoint_path = checkpoint_path(self.checkpoint_dir, job.id, suffix)
+        self._reset()
+
+    def _optimizer_names(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Hook: ``{optimizer parameter: value}`` in the framework's names (torch's by default)."""
+        return dict(values)
+
+    def _reset(self) -> None:
+        """Forget the state of a previous job or ``fit``; a callback extends it with its own."""
+        self.start_epoch = None
+        self.restored_from = None
+        self.stopping_reason = None
+        self._validated = False
+
+    # -- pure decisions ----------------------------------------------------
+    def budget_decision(self, epochs_completed: int) -> tuple[bool, str | None]:
+        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done."""
+        start = epochs_completed - 1 if self.start_epoch is None else self.start_epoch
+        return budget_decision(start, epochs_completed, self.epochs_per_job)  # the function
+
+    def epoch_metrics(self, logs: Mapping[str, Any], *, final: bool) -> dict[str, float]:
+        """The scalar metrics to report for an epoch, as floats.
+
+        The monitor is required once a validation run has ended in this job,
+        or at its end: then it is misnamed, not merely early (when validation
+        runs every other epoch, the first epoch has no validation metrics
+        yet, and is reported without them).
+        """
+        metrics = extract_metrics(logs)
+        if self._drops_reserved_metrics:
+            metrics, dropped = without_reserved(metrics)
+            if dropped:
+                warnings.warn(
+                    f"logged metrics {dropped} are not reported: schedy writes results of "
+                    f"those names itself ({sorted(RESERVED_RESULTS)}); log them under "
+                    "other names to have them in job.results",
+                    stacklevel=2,
+                )
+        if self.monitor not in metrics and (self._validated or final):
+            raise self._missing_monitor(metrics)
+        return metrics
+
+    def _missing_monitor(self, metrics: Mapping[str, float]) -> MissingMetricError:
+        """The error for a monitor absent from ``metrics``, with the framework's hints."""
+        hints = [self._log_hint.format(monitor=repr(self.monitor))] if self._log_hint else []
+        if not self._validated and self._validation_hint:
+            hints.append(self._validation_hint)
+        return MissingMetricError(self.monitor, metrics, " ".join(hints))
+
+    # -- restoring and saving ----------------------------------------------
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint records about the job that saved it (read back on restore)."""
+        return {
+            "job_id": self.job.id,
+            "hyperparameters": dict(self.job.hyperparameters),
+            "start_epoch": self.start_epoch,
+            "monitor": self.monitor,
+            "epochs_per_job": self.epochs_per_job,
+        }
+
+    def _budget_start(self, state: Mapping[str, Any], resumed_epoch: int) -> int:
+        """Where this job's budget starts, after restoring a checkpoint that recorded ``state``.
+
+        The checkpoint's own ``start_epoch`` if this very job saved it (it
+        resumes mid-budget), else ``resumed_epoch``: the lineage epoch the
+        checkpoint was saved at.
+        """
+        start = state.get("start_epoch")
+        if state.get("job_id") == self.job.id and is_count(start):
+            return start
+        return resumed_epoch
+
+    def _previous_values(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The optimizer values the restored checkpoint's job trained with (None: unknown)."""
+        previous = previous_optimizer_values(
+            state.get("hyperparameters"), self.optimizer_hyperparameters
+        )
+        return None if previous is None else self._optimizer_names(previous)
+
+    def _checkpoint_saved(self) -> None:
+        """After saving: record the checkpoint as the job's ``model_path``, push, prune."""
+        self.job.results[MODEL_PATH_KEY] = self.checkpoint_path
+        self.job.put()
+        prune_after_save(self.job, self.checkpoint_dir, self.keep_top_k)

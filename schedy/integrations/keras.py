@@ -53,15 +53,11 @@ this module imports ``keras`` but never chooses its backend.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
-from typing import Any, TypeGuard
+from collections.abc import Mapping
+from typing import Any
 
 try:
     import keras
@@ -80,8 +76,15 @@ if int(keras.__version__.split(".", 1)[0]) < 3:
 
 from .. import _values
 from . import _core
-from ._checkpoints import prune_after_save
-from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
+from ._core import (
+    MODEL_PATH_KEY,
+    JobLike,
+    MissingMetricError,
+    OptimizerMapping,
+    PathLike,
+    is_count,
+)
+from ._files import atomic_write, local_copy
 
 __all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
 
@@ -137,6 +140,8 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
     was compiled from the job's hyperparameters.
     """
 
+    _validation_hint = _VALIDATION_HINT
+
     def __init__(
         self,
         job: JobLike,
@@ -157,44 +162,18 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
             keep_top_k,
             CHECKPOINT_SUFFIX,
         )
-        self.optimizer_values = _keras_names(self.optimizer_values)
-        self._reset()
 
     def _reset(self) -> None:
-        #: Lineage epoch at which this job's budget started.
-        self.start_epoch: int | None = None
+        super()._reset()
         #: Lineage epoch at which this ``fit`` started (the restored checkpoint's).
         self.initial_epoch = 0
         #: Epochs this ``fit`` completed so far.
         self.epochs_run = 0
-        #: The checkpoint this callback restored (None: fresh start).
-        self.restored_from: str | None = None
-        #: Why ``fit`` was stopped, once the budget is spent.
-        self.stopping_reason: str | None = None
         self._training = False
-        self._validated = False
         self._last_metrics: dict[str, float] | None = None
 
-    # -- pure decisions ----------------------------------------------------
-    def budget_decision(self, epochs_completed: int) -> tuple[bool, str | None]:
-        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done."""
-        start = epochs_completed - 1 if self.start_epoch is None else self.start_epoch
-        return _core.budget_decision(start, epochs_completed, self.epochs_per_job)
-
-    def epoch_metrics(self, logs: Mapping[str, Any], *, final: bool) -> dict[str, float]:
-        """The scalar metrics to report for an epoch, as floats.
-
-        The monitor is required once a validation run has ended in this job,
-        or at its end: then it is misnamed, not merely early (with
-        ``validation_freq=2`` the first epoch has no ``val_`` metrics yet,
-        and is reported without them).
-        """
-        metrics = _core.extract_metrics(logs)
-        if self.monitor not in metrics and (self._validated or final):
-            raise MissingMetricError(
-                self.monitor, metrics, "" if self._validated else _VALIDATION_HINT
-            )
-        return metrics
+    def _optimizer_names(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        return _keras_names(values)
 
     # -- hooks -------------------------------------------------------------
     def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
@@ -208,22 +187,9 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
             self.start_epoch = self.initial_epoch = 0
             return
         metadata = self._restore(model, optimizer, str(path))
-        previous_hyperparameters = metadata.get("hyperparameters")
-        previous = (
-            _keras_names(
-                _core.optimizer_values(
-                    previous_hyperparameters, self.optimizer_hyperparameters, strict=False
-                )
-            )
-            if isinstance(previous_hyperparameters, Mapping)
-            else None
-        )
-        apply_optimizer_values(optimizer, self.optimizer_values, previous)
+        apply_optimizer_values(optimizer, self.optimizer_values, self._previous_values(metadata))
         self.initial_epoch = _lineage_epoch(metadata, self.job.results)
-        if metadata.get("job_id") == self.job.id and _is_count(metadata.get("start_epoch")):
-            self.start_epoch = metadata["start_epoch"]  # this very job, resumed mid-budget
-        else:
-            self.start_epoch = self.initial_epoch
+        self.start_epoch = self._budget_start(metadata, self.initial_epoch)
 
     def on_test_end(self, logs: Mapping[str, Any] | None = None) -> None:
         # fit() runs validation through evaluate() with the same callbacks.
@@ -256,13 +222,9 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         elif self.monitor not in self._last_metrics:
             # fit ended before the budget (its `epochs`, EarlyStopping) on an
             # epoch without the monitor: PBT could not rank this job.
-            raise MissingMetricError(
-                self.monitor, self._last_metrics, "" if self._validated else _VALIDATION_HINT
-            )
-        path = self._save(self.model)
-        self.job.results[MODEL_PATH_KEY] = path
-        self.job.put()
-        self._prune()
+            raise self._missing_monitor(self._last_metrics)
+        self._save(self.model)
+        self._checkpoint_saved()
 
     # -- helpers -----------------------------------------------------------
     def _restore(self, model: Any, optimizer: Any, path: str) -> dict[str, Any]:
@@ -275,11 +237,11 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         if not optimizer.built:
             # Without its variables the optimizer state would be skipped, with a mere warning.
             optimizer.build(model.trainable_variables)
-        with _local_copy(path, self.job) as local:
+        with local_copy(path, self.job.id) as local:  # Keras reads local files only
             metadata = _read_metadata(local)
             model.load_weights(local)
         step = metadata.get("step")
-        if _is_count(step) and _iterations(optimizer) != step:
+        if is_count(step) and _iterations(optimizer) != step:
             raise ValueError(
                 f"checkpoint {path} was saved after {step} optimizer steps, but the optimizer "
                 f"restored {_iterations(optimizer)}: its state was not loaded (Keras skips an "
@@ -297,23 +259,23 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         )
         return metadata
 
-    def _save(self, model: Any) -> str:
+    def _save(self, model: Any) -> None:
+        """Write this job's checkpoint, whole or not at all."""
         epoch = self.initial_epoch + self.epochs_run
+        state = self._checkpoint_state()
         metadata = {
-            "job_id": self.job.id,
-            "hyperparameters": _values.normalize(dict(self.job.hyperparameters), "hyperparameters"),
+            **state,
+            # JSON in an HDF5 attribute: plain values only.
+            "hyperparameters": _values.normalize(state["hyperparameters"], "hyperparameters"),
             "epoch": epoch,
             "step": _iterations(_optimizer_of(model)),
-            "start_epoch": self.start_epoch,
-            "monitor": self.monitor,
-            "epochs_per_job": self.epochs_per_job,
         }
-        _write_checkpoint(model, self.checkpoint_path, metadata)
+        atomic_write(
+            self.checkpoint_path,
+            lambda local: _save_weights(model, local, metadata),
+            suffix=CHECKPOINT_SUFFIX,
+        )
         logger.info("job %s: saved %s at epoch %d", self.job.id, self.checkpoint_path, epoch)
-        return self.checkpoint_path
-
-    def _prune(self) -> None:
-        prune_after_save(self.job, self.checkpoint_dir, self.keep_top_k)
 
 
 # -- optimizer hyperparameters ---------------------------------------------
@@ -415,17 +377,11 @@ def _iterations(optimizer: Any) -> int:
     return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
-# -- arguments and counters ------------------------------------------------
-
-
-def _is_count(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
+# -- counters --------------------------------------------------------------
 def _lineage_epoch(metadata: Mapping[str, Any], results: Mapping[str, Any]) -> int:
     """Epochs trained behind a restored checkpoint: its own record, else the results'."""
     for candidate in (metadata.get(_core.EPOCH_KEY), results.get(_core.EPOCH_KEY)):
-        if _is_count(candidate):
+        if is_count(candidate):
             return candidate
     return 0
 
@@ -447,55 +403,3 @@ def _save_weights(model: Any, path: str, metadata: Mapping[str, Any]) -> None:
     model.save_weights(path, overwrite=True)
     with h5py.File(path, "a") as file:
         file.attrs[_METADATA_ATTRIBUTE] = _values.dumps(metadata)
-
-
-def _write_checkpoint(model: Any, path: str, metadata: Mapping[str, Any]) -> None:
-    """Write ``path`` whole or not at all: a worker killed mid-save leaves no torn file."""
-    if _core.is_url(path):
-        filesystem, location = _core.fsspec_module().core.url_to_fs(path)
-        with tempfile.TemporaryDirectory(prefix="schedy-") as folder:
-            local = os.path.join(folder, "checkpoint" + CHECKPOINT_SUFFIX)
-            _save_weights(model, local, metadata)
-            filesystem.makedirs(location.rsplit("/", 1)[0], exist_ok=True)
-            filesystem.put_file(local, location)
-        return
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=CHECKPOINT_SUFFIX)
-    os.close(handle)
-    try:
-        _save_weights(model, temporary, metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-@contextlib.contextmanager
-def _local_copy(path: str, job: JobLike) -> Iterator[str]:
-    """A local file holding checkpoint ``path``; a URL is fetched to a temporary folder.
-
-    Keras reads local files only (remote paths would need TensorFlow's gfile).
-    """
-    if not _core.is_url(path):
-        if not os.path.isfile(path):
-            raise _missing_checkpoint(path, job)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="schedy-") as folder:
-        local = os.path.join(folder, path.rstrip("/").rsplit("/", 1)[-1])
-        try:
-            with _core.fsspec_module().open(path, "rb") as source, open(local, "wb") as target:
-                shutil.copyfileobj(source, target)
-        except FileNotFoundError as error:
-            raise _missing_checkpoint(path, job) from error
-        yield local
-
-
-def _missing_checkpoint(path: str, job: JobLike) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"job {job.id} continues from checkpoint {path} (its results' {MODEL_PATH_KEY!r}), "
-        "which does not exist: checkpoints must be on storage every worker reads, and not "
-        "be deleted while a job may continue from them"
-    )

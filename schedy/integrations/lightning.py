@@ -37,12 +37,11 @@ import importlib
 import logging
 import sys
 import warnings
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._checkpoints import prune_after_save
 from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
+from ._files import missing_checkpoint
 from .torch import apply_optimizer_values
 
 if TYPE_CHECKING:
@@ -122,6 +121,14 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
     optimizer is left as the module built it from the job's hyperparameters.
     """
 
+    _log_hint = "(self.log({monitor}, ...) in the LightningModule.)"
+    _validation_hint = (
+        "No validation ran in this job: a validation metric needs validation_step, "
+        "val data and check_val_every_n_epoch <= epochs_per_job."
+    )
+    # A LightningModule may well log its own `epoch` or `step`.
+    _drops_reserved_metrics = True
+
     def __new__(cls, *args: Any, **kwargs: Any) -> SchedyCallback:
         # Be an instance of each imported package's Callback, so that a
         # `pytorch_lightning.Trainer` accepts it as readily as a `lightning` one.
@@ -153,55 +160,16 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
             keep_top_k,
             CHECKPOINT_SUFFIX,
         )
-        self._reset()
 
     def _reset(self) -> None:
-        #: Lineage epoch at which this job's budget started.
-        self.start_epoch: int | None = None
-        #: The checkpoint this callback restored (None: fresh start or ``fit(ckpt_path=...)``).
-        self.restored_from: str | None = None
-        #: Why the trainer was stopped, once the budget is spent.
-        self.stopping_reason: str | None = None
+        super()._reset()
         self._restored_state: dict[str, Any] | None = None
         self._pending: tuple[int, int] | None = None  # (epoch, step) of an epoch not reported yet
-        self._validated = False
 
     @property
     def state_key(self) -> str:
         # Fixed, whichever Lightning package's class this instance was built on.
         return "SchedyCallback"
-
-    # -- pure decisions ----------------------------------------------------
-    def budget_decision(self, epochs_completed: int) -> tuple[bool, str | None]:
-        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done."""
-        start = epochs_completed - 1 if self.start_epoch is None else self.start_epoch
-        return _core.budget_decision(start, epochs_completed, self.epochs_per_job)
-
-    def epoch_metrics(self, logged: Mapping[str, Any], *, final: bool) -> dict[str, float]:
-        """The scalar metrics to report for an epoch, as floats.
-
-        The monitor is required once a validation run has ended in this job,
-        or at its end: then it is misnamed, not merely early (with
-        ``check_val_every_n_epoch=2`` the first epoch has no validation
-        metrics yet, and is reported without them).
-        """
-        metrics, dropped = _core.without_reserved(_core.extract_metrics(logged))
-        if dropped:
-            warnings.warn(
-                f"logged metrics {dropped} are not reported: schedy writes results of "
-                f"those names itself ({sorted(_core.RESERVED_RESULTS)}); log them under "
-                "other names to have them in job.results",
-                stacklevel=2,
-            )
-        if self.monitor not in metrics and (self._validated or final):
-            hint = f"(self.log({self.monitor!r}, ...) in the LightningModule.)"
-            if not self._validated:
-                hint += (
-                    " No validation ran in this job: a validation metric needs validation_step, "
-                    "val data and check_val_every_n_epoch <= epochs_per_job."
-                )
-            raise MissingMetricError(self.monitor, metrics, hint)
-        return metrics
 
     # -- hooks -------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -252,26 +220,15 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After every restore (ours, or Lightning's for ckpt_path): the job's values win.
+        state = self._restored_state or {}
         if self.restored_from is not None or trainer.ckpt_path:
-            previous_hyperparameters = (self._restored_state or {}).get("hyperparameters")
-            previous = (
-                _core.optimizer_values(
-                    previous_hyperparameters, self.optimizer_hyperparameters, strict=False
-                )
-                if isinstance(previous_hyperparameters, Mapping)
-                else None
-            )
             apply_optimizer_values(
                 trainer.optimizers,
                 [config.scheduler for config in trainer.lr_scheduler_configs],
                 self.optimizer_values,
-                previous,
+                self._previous_values(state),
             )
-        state = self._restored_state or {}
-        if state.get("job_id") == self.job.id and isinstance(state.get("start_epoch"), int):
-            self.start_epoch = state["start_epoch"]  # this very job, resumed mid-budget
-        else:
-            self.start_epoch = trainer.current_epoch
+        self.start_epoch = self._budget_start(state, trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The previous epoch is reported here rather than at its end: callbacks
@@ -295,18 +252,10 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         self._report(trainer, final=True)
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         if trainer.is_global_zero:
-            self.job.results[MODEL_PATH_KEY] = self.checkpoint_path
-            self.job.put()
-            prune_after_save(self.job, self.checkpoint_dir, self.keep_top_k)
+            self._checkpoint_saved()
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job.id,
-            "hyperparameters": dict(self.job.hyperparameters),
-            "start_epoch": self.start_epoch,
-            "monitor": self.monitor,
-            "epochs_per_job": self.epochs_per_job,
-        }
+        return self._checkpoint_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Kept for on_train_start: the hyperparameters the restored state was
@@ -328,12 +277,8 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         """What ``fit(ckpt_path=path)`` restores, through public API."""
         try:
             checkpoint = trainer.strategy.load_checkpoint(path)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"job {self.job.id} continues from checkpoint {path} (its results' "
-                f"{MODEL_PATH_KEY!r}), which does not exist: checkpoints must be on storage "
-                "every worker reads, and not be deleted while a job may continue from them"
-            ) from error
+        except FileNotFoundError as error:  # Lightning reads local paths and URLs itself
+            raise missing_checkpoint(self.job.id, path) from error
         pl_module.on_load_checkpoint(checkpoint)
         trainer.strategy.load_model_state_dict(
             checkpoint, strict=getattr(pl_module, "strict_loading", True)

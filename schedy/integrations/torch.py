@@ -24,14 +24,13 @@ Checkpoints are plain ``torch.save`` dicts (``model``, ``optimizer``,
 ``scheduler``, ``counters`` and ``schedy``: the job id and hyperparameters
 they were trained with), loaded with ``weights_only=True`` by default so
 that a checkpoint in a shared folder cannot run code. Paths may be fsspec
-URLs (``s3://...``) when fsspec is installed.
+URLs (``s3://...``) when fsspec is installed; files are written and read
+through :mod:`schedy.integrations._files` (atomically, and with one error for
+a missing checkpoint).
 """
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -45,7 +44,6 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import _values
-from . import _core
 from ._core import (
     MODEL_PATH_KEY,
     SCHEDULED_PARAMS,
@@ -53,12 +51,13 @@ from ._core import (
     OptimizerMapping,
     PathLike,
     checkpoint_path,
-    is_url,
     optimizer_values,
+    previous_optimizer_values,
     record_epoch,
     to_float,
     update_param_group,
 )
+from ._files import atomic_write, local_copy
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
@@ -169,15 +168,12 @@ def restore(
             )
         target.load_state_dict(state)
     if optimizer is not None:
-        previous = checkpoint.get("schedy", {}).get("hyperparameters")
         values = optimizer_values(job.hyperparameters, mapping)
-        previous_values = (
-            optimizer_values(previous, mapping, strict=False)
-            if isinstance(previous, Mapping)
-            else None
+        previous = previous_optimizer_values(
+            checkpoint.get("schedy", {}).get("hyperparameters"), mapping
         )
         apply_optimizer_values(
-            [optimizer], [] if scheduler is None else [scheduler], values, previous_values
+            [optimizer], [] if scheduler is None else [scheduler], values, previous
         )
     return dict(checkpoint.get("counters", {}))
 
@@ -211,7 +207,7 @@ def save(
         checkpoint["optimizer"] = optimizer.state_dict()
     if scheduler is not None:
         checkpoint["scheduler"] = scheduler.state_dict()
-    _write(checkpoint, path)
+    atomic_write(path, lambda local: torch.save(checkpoint, local), suffix=CHECKPOINT_SUFFIX)
     job.results[MODEL_PATH_KEY] = path
     return path
 
@@ -244,42 +240,11 @@ def report(
 
 
 def _load(path: str, map_location: Any, weights_only: bool, job: JobLike) -> dict[str, Any]:
-    try:
-        if is_url(path):
-            with _core.fsspec_module().open(path, "rb") as file:
-                buffer = io.BytesIO(file.read())
-            checkpoint = torch.load(buffer, map_location=map_location, weights_only=weights_only)
-        else:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=weights_only)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(
-            f"job {job.id} continues from checkpoint {path} (its results' {MODEL_PATH_KEY!r}), "
-            "which does not exist: checkpoints must be on storage every worker reads, and "
-            "not be deleted while a job may continue from them"
-        ) from error
+    with local_copy(path, job.id) as local:  # a URL is fetched first
+        checkpoint = torch.load(local, map_location=map_location, weights_only=weights_only)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(
             f"{path} is not a checkpoint written by schedy.integrations.torch.save "
             "(a dict with a 'model' state)"
         )
     return checkpoint
-
-
-def _write(checkpoint: dict[str, Any], path: str) -> None:
-    if is_url(path):
-        filesystem, location = _core.fsspec_module().core.url_to_fs(path)
-        filesystem.makedirs(location.rsplit("/", 1)[0], exist_ok=True)
-        with filesystem.open(location, "wb") as file:
-            torch.save(checkpoint, file)
-        return
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=CHECKPOINT_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise

@@ -1,4 +1,5 @@
-"""Table tests of the framework-agnostic integration core: no hooks, no framework."""
+"""Table tests of the framework-agnostic integration core, and of JobCallback through a
+framework-free subclass: no framework."""
 
 from __future__ import annotations
 
@@ -384,6 +385,7 @@ def test_recorded_results_are_storable() -> None:
 def test_importing_schedy_and_the_core_imports_no_framework() -> None:
     code = (
         "import sys, schedy, schedy.integrations, schedy.integrations._core\n"
+        "import schedy.integrations._checkpoints, schedy.integrations._files\n"
         "heavy = {'torch', 'lightning', 'pytorch_lightning', 'keras', 'tensorflow'}\n"
         "print(sorted(heavy & set(sys.modules)))\n"
     )
@@ -396,3 +398,132 @@ def test_importing_schedy_and_the_core_imports_no_framework() -> None:
 def test_optimizer_values_rejects_a_mapping_that_is_not_a_dict() -> None:
     with pytest.raises(TypeError, match="dict"):
         _core.optimizer_values({"lr": 0.1}, "wd")  # type: ignore[arg-type]
+
+
+# -- JobCallback: what the Lightning and Keras callbacks share ---------------
+class HintedCallback(_core.JobCallback):
+    """A framework-free callback: only the hooks a framework would set."""
+
+    _log_hint = "(log {monitor} in the model.)"
+    _validation_hint = "No validation ran in this job."
+
+    def __init__(self, job: Any, monitor: str = "val_acc", **options: Any) -> None:
+        self._take_job(
+            job,
+            monitor,
+            options.get("epochs_per_job", 2),
+            options.get("checkpoint_dir"),
+            options.get("optimizer_hyperparameters"),
+            options.get("keep_top_k", 1),
+            ".ckpt",
+        )
+
+
+class RenamingCallback(HintedCallback):
+    _drops_reserved_metrics = True
+
+    def _optimizer_names(self, values: Any) -> dict[str, Any]:
+        return {f"framework_{name}": value for name, value in values.items()}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"monitor": ""}, "monitor must name"),
+        ({"epochs_per_job": 0}, "epochs_per_job"),
+        ({"keep_top_k": -1}, "keep_top_k must be an int >= 0"),
+    ],
+)
+def test_job_callback_checks_its_arguments(
+    make_job: Any, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        HintedCallback(make_job("j"), **options)
+
+
+def job_state(callback: _core.JobCallback) -> tuple[Any, ...]:
+    """What ``_reset`` sets: ``(start_epoch, restored_from, stopping_reason, validated)``."""
+    return (
+        callback.start_epoch,
+        callback.restored_from,
+        callback.stopping_reason,
+        callback._validated,
+    )
+
+
+def test_job_callback_takes_the_job(make_job: Any, tmp_path: Any) -> None:
+    callback = RenamingCallback(make_job("j", {"lr": 0.1}), checkpoint_dir=tmp_path)
+    assert callback.optimizer_values == {"framework_lr": 0.1}  # through the hook
+    assert callback.checkpoint_path == str(tmp_path / "j.ckpt")
+    assert job_state(callback) == (None, None, None, False)
+
+
+def test_job_callback_budget(make_job: Any) -> None:
+    callback = HintedCallback(make_job("j"), epochs_per_job=2)
+    assert callback.budget_decision(5) == (False, None)  # not started: counts from epoch 4
+    callback.start_epoch = 3
+    assert callback.budget_decision(4) == (False, None)
+    stop, reason = callback.budget_decision(5)
+    assert stop and reason is not None and "epochs 3 to 4" in reason
+
+
+def test_job_callback_reset_forgets_the_previous_fit(make_job: Any) -> None:
+    callback = HintedCallback(make_job("j"))
+    callback.start_epoch, callback.restored_from, callback.stopping_reason = 3, "/p", "done"
+    callback._validated = True
+    callback._reset()
+    assert job_state(callback) == (None, None, None, False)
+
+
+def test_job_callback_requires_the_monitor_after_validation_or_at_the_end(
+    make_job: Any,
+) -> None:
+    callback = HintedCallback(make_job("j"))
+    logs = {"loss": FakeTensor(0.5), "name": "not a number"}
+    assert callback.epoch_metrics(logs, final=False) == {"loss": 0.5}  # merely early
+    with pytest.raises(MissingMetricError) as raised:
+        callback.epoch_metrics(logs, final=True)
+    assert str(raised.value).endswith(
+        "log 'val_acc'. (log 'val_acc' in the model.) No validation ran in this job."
+    )
+    callback._validated = True
+    with pytest.raises(MissingMetricError) as raised:
+        callback.epoch_metrics(logs, final=False)
+    assert str(raised.value).endswith("log 'val_acc'. (log 'val_acc' in the model.)")
+    assert callback.epoch_metrics({"val_acc": 1, "step": 2}, final=True) == {
+        "val_acc": 1.0,
+        "step": 2.0,  # kept: record_epoch refuses it, as Keras does
+    }
+
+
+def test_job_callback_may_set_reserved_metrics_aside(make_job: Any) -> None:
+    callback = RenamingCallback(make_job("j"))
+    with pytest.warns(UserWarning, match=r"\['step'\] are not reported"):
+        assert callback.epoch_metrics({"val_acc": 1, "step": 2}, final=True) == {"val_acc": 1.0}
+
+
+def test_job_callback_reads_back_what_its_checkpoints_record(make_job: Any) -> None:
+    callback = RenamingCallback(make_job("j", {"lr": 0.2, "wd": 1}))
+    callback.start_epoch = 4
+    state = callback._checkpoint_state()
+    assert state == {
+        "job_id": "j",
+        "hyperparameters": {"lr": 0.2, "wd": 1},
+        "start_epoch": 4,
+        "monitor": "val_acc",
+        "epochs_per_job": 2,
+    }
+    assert callback._budget_start(state, 6) == 4  # this very job, resumed mid-budget
+    assert callback._budget_start({**state, "job_id": "parent"}, 6) == 6
+    assert callback._budget_start({**state, "start_epoch": True}, 6) == 6
+    assert callback._budget_start({}, 0) == 0
+    assert callback._previous_values(state) == {"framework_lr": 0.2}
+    assert callback._previous_values({}) is None  # unknown: not "no values"
+
+
+def test_job_callback_records_the_saved_checkpoint(make_job: Any, tmp_path: Any) -> None:
+    job = make_job("j")  # a stub: no experiment, so nothing is pruned
+    callback = HintedCallback(job, checkpoint_dir=tmp_path)
+    callback._checkpoint_saved()
+    assert job.results == {"model_path": str(tmp_path / "j.ckpt")}
+    assert job.pushed == [job.results]

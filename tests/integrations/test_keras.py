@@ -257,7 +257,7 @@ def test_pruning_is_asked_for_with_keep_top_k(
     monkeypatch.setattr(
         schedy_checkpoints,
         "prune_checkpoints",
-        lambda experiment, folder, keep_top: calls.append((experiment, folder, keep_top)),
+        lambda experiment, folder, keep_top_k: calls.append((experiment, folder, keep_top_k)),
     )
     for keep_top_k in (3, None):
         job = make_job(f"j{keep_top_k}")

@@ -572,6 +572,16 @@ def test_warns_when_max_epochs_leaves_nothing_to_train(make_job: Job, tmp_path: 
     assert second.results["model_path"] == first.results["model_path"]  # nothing new to point at
 
 
+def test_restore_names_the_missing_checkpoint(make_job: Job, tmp_path: Path) -> None:
+    job = make_job(
+        "orphan", {"learning_rate": 0.1}, results={"model_path": str(tmp_path / "gone.ckpt")}
+    )
+    with pytest.raises(
+        FileNotFoundError, match=r"job orphan continues from checkpoint .*gone\.ckpt"
+    ):
+        fit(job, tmp_path)
+
+
 def test_checkpoints_at_an_fsspec_url(make_job: Job) -> None:
     pytest.importorskip("fsspec")
     folder = "memory://schedy-tests/lightning"
