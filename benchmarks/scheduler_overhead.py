@@ -74,7 +74,7 @@ import sqlalchemy as sa
 
 import schedy
 from schedy import _values
-from schedy.storage._sql import _experiments, _jobs, _members
+from schedy.storage._sql._schema import _experiments, _jobs, _members
 
 EXPERIMENT = "pbt-overhead"
 POPULATION = 32
@@ -192,7 +192,7 @@ def build_by_bulk_insert(path: str, history: int) -> tuple[schedy.SchedyDB, sche
                 lr = parent["lr"]
             scores = parent["scores"]
         acc = accuracy(lr, generation, rng)
-        score = experiment._score({"acc": acc})
+        score = experiment._scheduler.score({"acc": acc})
         if member_history is not None:
             scores = member_history.extend(scores, generation, score)
         now = start + index

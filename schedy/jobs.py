@@ -9,18 +9,29 @@ import threading
 import time
 import traceback
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._records import JobRecord, JobStatus, JobUpdate
 from .errors import UnsafeUpdateError
 
 if TYPE_CHECKING:
-    from .experiments import Experiment
     from .storage._base import Storage
 
 __all__ = ["Job"]
 
 logger = logging.getLogger(__name__)
+
+
+class Experiment(Protocol):
+    """What a job needs of its experiment (``schedy.Experiment``), named without
+    importing it: experiments build jobs, so jobs sit below them."""
+
+    name: str
+
+    @property
+    def _storage(self) -> Storage: ...
+
+    def get_job(self, job_id: str) -> Job: ...
 
 
 class _LeaseKeeper:

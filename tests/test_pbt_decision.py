@@ -73,7 +73,7 @@ def _state(
 
 
 def test_creates_members_until_population_size() -> None:
-    decision = _experiment()._decide(_state(_members([0.5, 0.4])))
+    decision = _experiment()._scheduler.decide(_state(_members([0.5, 0.4])))
     assert isinstance(decision, CreateJob)
     assert decision.member == 2 and decision.generation == 0 and decision.parent_id is None
     assert 0.1 <= decision.hyperparameters["lr"] < 1.0 and decision.hyperparameters["layers"] == 2
@@ -83,7 +83,7 @@ def test_queued_job_comes_first_as_new_member() -> None:
     queued = JobRecord(
         id="q", experiment="e", status="QUEUED", hyperparameters={"lr": 1.0}, results={}
     )
-    decision = _experiment()._decide(_state(_members([0.5] * 4), queued=queued))
+    decision = _experiment()._scheduler.decide(_state(_members([0.5] * 4), queued=queued))
     assert decision == TakeQueued("q", member=4, generation=0)
 
 
@@ -104,7 +104,7 @@ def test_truncation_table(scores: list[float | None], ready: int, source: str | 
     exploits = source is not None
     experiment = _experiment()
     members = _members(scores, busy={i for i in range(4) if i != ready})
-    decision = experiment._decide(_state(members))
+    decision = experiment._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == ready
     assert (decision.exploited_from is not None) == exploits
     if exploits:
@@ -133,7 +133,7 @@ def test_truncation_table(scores: list[float | None], ready: int, source: str | 
     ],
 )
 def test_score_orientation(objective: str, results: dict[str, object], score: float | None) -> None:
-    assert _experiment(objective=objective)._score(results) == score
+    assert _experiment(objective=objective)._scheduler.score(results) == score
 
 
 @pytest.mark.parametrize("size", [2, 3, 4])
@@ -141,7 +141,7 @@ def test_small_populations_have_a_bottom_and_a_top(size: int) -> None:
     scores = [1.0 - i / size for i in range(size)]
     worst = size - 1
     members = _members(scores, busy=set(range(worst)))
-    decision = _experiment(population_size=size)._decide(_state(members))
+    decision = _experiment(population_size=size)._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from == "h0"
 
 
@@ -150,7 +150,7 @@ def test_exact_ties_are_broken_at_random() -> None:
     sources: Counter[str | None] = Counter()
     for seed in range(200):
         members = _members([0.5, 0.5, 0.5, 0.5], busy={1, 2, 3})
-        decision = _experiment()._decide(_state(members, seed=seed))
+        decision = _experiment()._scheduler.decide(_state(members, seed=seed))
         assert isinstance(decision, CreateJob)
         sources[decision.exploited_from] += 1
     assert sources[None] > 0  # sometimes member 0 is not bottom
@@ -160,19 +160,21 @@ def test_exact_ties_are_broken_at_random() -> None:
 def test_ready_member_that_waited_longest_goes_first() -> None:
     members = _members([0.5, 0.6, 0.7, 0.8])
     members = [m._replace(ready_since=seq) for m, seq in zip(members, [5, 2, 9, 7])]
-    decision = _experiment()._decide(_state(members))
+    decision = _experiment()._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == 1
 
 
 def test_all_busy_waits_and_all_ended_finishes() -> None:
-    assert isinstance(_experiment()._decide(_state(_members([0.1] * 4, busy={0, 1, 2, 3}))), Wait)
-    decision = _experiment()._decide(_state(_members([0.1] * 4, ended=True)))
+    assert isinstance(
+        _experiment()._scheduler.decide(_state(_members([0.1] * 4, busy={0, 1, 2, 3}))), Wait
+    )
+    decision = _experiment()._scheduler.decide(_state(_members([0.1] * 4, ended=True)))
     assert isinstance(decision, Exhausted) and decision.finish
 
 
 def test_empty_population_without_distributions_is_exhausted() -> None:
     experiment = schedy.PopulationBasedTraining("e", "max", "acc", schedy.pbt.Truncate())
-    decision = experiment._decide(_state([]))
+    decision = experiment._scheduler.decide(_state([]))
     assert isinstance(decision, Exhausted) and "add_job" in decision.reason
 
 
@@ -180,7 +182,7 @@ def test_empty_population_without_distributions_is_exhausted() -> None:
 def test_crashing_top_member_copies_the_best_other(crashes: int, source: str | None) -> None:
     members = _members([0.9, 0.8, 0.7, 0.6], busy={1, 2, 3})
     members[0] = members[0]._replace(crashes=crashes)
-    decision = _experiment()._decide(_state(members))
+    decision = _experiment()._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == 0
     assert decision.exploited_from == source
 
@@ -188,7 +190,7 @@ def test_crashing_top_member_copies_the_best_other(crashes: int, source: str | N
 def test_crashing_member_copies_the_best_other_member() -> None:
     members = _members([0.9, 0.8, 0.7, 0.6], busy={0, 2, 3})
     members[1] = members[1]._replace(crashes=3)
-    decision = _experiment()._decide(_state(members))
+    decision = _experiment()._scheduler.decide(_state(members))
     assert (
         isinstance(decision, CreateJob) and decision.member == 1 and decision.exploited_from == "h0"
     )
@@ -196,14 +198,14 @@ def test_crashing_member_copies_the_best_other_member() -> None:
 
 def test_member_without_good_job_retries_or_is_retired() -> None:
     retry = MemberRecord(index=0, last_id="h0", crashes=1)
-    decision = _experiment(population_size=1)._decide(_state([retry]))
+    decision = _experiment(population_size=1)._scheduler.decide(_state([retry]))
     assert isinstance(decision, CreateJob) and decision.hyperparameters["lr"] == pytest.approx(0.1)
     hopeless = MemberRecord(index=0, last_id="h0", crashes=3)
     no_dists = schedy.PopulationBasedTraining(
         "e", "max", "acc", schedy.pbt.Truncate(), population_size=1
     )
-    assert isinstance(no_dists._decide(_state([hopeless])), EndMember)
-    fresh = _experiment(population_size=1)._decide(_state([hopeless]))
+    assert isinstance(no_dists._scheduler.decide(_state([hopeless])), EndMember)
+    fresh = _experiment(population_size=1)._scheduler.decide(_state([hopeless]))
     assert isinstance(fresh, CreateJob) and fresh.generation == 0 and fresh.parent_id is None
 
 
@@ -212,8 +214,8 @@ def test_seeded_decisions_are_reproducible() -> None:
 
     def decide(claims: int) -> object:
         members = _members([0.5, 0.5, 0.5, 0.5], busy={1, 2, 3})
-        return experiment._decide(
-            SchedulingState(None, members, _jobs(4).__getitem__, experiment._rng(claims))
+        return experiment._scheduler.decide(
+            SchedulingState(None, members, _jobs(4).__getitem__, experiment._scheduler.rng(claims))
         )
 
     assert decide(3) == decide(3)
@@ -251,30 +253,30 @@ def test_exploit_continues_the_source_generation_and_skips_final_members() -> No
     members = _members([0.9, 0.5, 0.4, 0.1], busy={0, 1, 2})
     members[0] = members[0]._replace(head_generation=4)
     members[3] = members[3]._replace(head_generation=1)
-    decision = experiment._decide(_state(members))
+    decision = experiment._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from == "h0"
     assert decision.generation == 5  # the source's generation + 1, not the member's
     # final generation: can no longer be copied
     members[0] = members[0]._replace(head_generation=5, ended=True)
-    decision = experiment._decide(_state(members))
+    decision = experiment._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is None
     assert decision.parent_id == "h3" and decision.generation == 2
 
 
 def test_members_ahead_are_judged_at_the_ready_members_generation() -> None:
     """With fewer workers than members, being behind must not count as being worse."""
-    from schedy import _history
+    from schedy._scheduling import _history
 
     members = _members([0.5, 0.9, 0.8, 0.7], busy={1, 2, 3})
     for i, member in enumerate(members[1:], start=1):  # ahead by one job; worse a job ago
         history = _history.extend(_history.extend(None, 2, 0.1), 3, 0.2)
         history = _history.extend(history, 4, member.score)
         members[i] = member._replace(head_generation=4, history=history)
-    decision = _experiment()._decide(_state(members))
+    decision = _experiment()._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is None  # best at gen 3
     # no history: compared by their latest score
     members[1:] = [member._replace(history=None) for member in members[1:]]
-    decision = _experiment()._decide(_state(members))
+    decision = _experiment()._scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.exploited_from is not None
 
 
@@ -291,7 +293,7 @@ def test_members_ahead_are_judged_at_the_ready_members_generation() -> None:
 def test_history_score_at(
     pairs: list[tuple[int, float | None]], generation: int, expected: tuple[bool, float | None]
 ) -> None:
-    from schedy import _history
+    from schedy._scheduling import _history
 
     text = None
     for gen, score in pairs:
@@ -300,7 +302,7 @@ def test_history_score_at(
 
 
 def test_history_keeps_the_last_generations_and_rewinds_on_a_copy() -> None:
-    from schedy import _history
+    from schedy._scheduling import _history
 
     text = None
     for generation in range(20):

@@ -437,7 +437,7 @@ def test_best_jobs_and_jobs_in_use(db: schedy.SchedyDB) -> None:
     heads = {member.head_id for member in experiment.population()}
     assert heads <= in_use and first[1].id in in_use  # top-2: the new head and first[1]
     assert running.id in in_use and queued.id in in_use
-    assert schedy.ManualSearch("m")._score({"acc": 1}) is None
+    assert schedy.ManualSearch("m")._scheduler.score({"acc": 1}) is None
 
 
 def test_best_jobs_minimize(db: schedy.SchedyDB) -> None:

@@ -1,0 +1,49 @@
+"""THE scheduling decision: what a claim hands out and what every event does to a member.
+
+One module per experiment kind behind one small protocol (``_protocol``):
+``_manual`` (a queue), ``_random_search`` and ``_pbt`` (Population Based
+Training). Pure: a function of a compact state and a seeded RNG, run by the
+storage backends inside their claim transaction; nothing here touches a
+store. Adding a kind is one module defining a registered
+:class:`Scheduler` subclass, imported below.
+"""
+
+from __future__ import annotations
+
+from ._manual import ManualScheduler
+from ._pbt import PBTScheduler
+from ._protocol import (
+    ClaimPlan,
+    CreateJob,
+    Decision,
+    EndMember,
+    Exhausted,
+    Scheduler,
+    SchedulingState,
+    TakeQueued,
+    UnknownKindError,
+    Wait,
+    lease_expired_error,
+    register,
+    scheduler_for,
+)
+from ._random_search import RandomScheduler
+
+__all__ = [
+    "ClaimPlan",
+    "CreateJob",
+    "Decision",
+    "EndMember",
+    "Exhausted",
+    "ManualScheduler",
+    "PBTScheduler",
+    "RandomScheduler",
+    "Scheduler",
+    "SchedulingState",
+    "TakeQueued",
+    "UnknownKindError",
+    "Wait",
+    "lease_expired_error",
+    "register",
+    "scheduler_for",
+]

@@ -1,0 +1,329 @@
+"""Population Based Training (Jaderberg et al. 2017, arXiv 1711.09846): the decision.
+
+A claim creates members from ``initial_distributions`` (hand-queued jobs
+first) until the population is full; then it takes the ready member that
+waited longest, ranks the members by their latest score (NaN/missing worst,
+exact ties at random; members ahead judged at its generation, see
+``_history``) and, in the bottom of the truncation, copies a random top
+member (hyperparameters explored, results copied so the checkpoint follows);
+otherwise the member continues. A member that never finished a job retries
+it from the results it was created with; one that keeps crashing copies a
+top member, or starts afresh, or is retired.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from .. import _values
+from ..pbt import (
+    MAXIMIZE,
+    ExploreStrategy,
+    Objective,
+    Truncate,
+    _exploit_from_json,
+    _explore_from_json,
+)
+from ..random import Distribution
+from . import _history
+from ._protocol import (
+    CreateJob,
+    Decision,
+    EndMember,
+    Exhausted,
+    Scheduler,
+    SchedulingState,
+    TakeQueued,
+    Wait,
+    check_distributions,
+    check_seed,
+    config_object,
+    distributions_from_json,
+    distributions_to_json,
+    register,
+    sample,
+)
+
+__all__ = ["PBTScheduler"]
+
+_RANK_KEY = operator.itemgetter(0, 1, 2)
+
+
+def _objective(objective: Any) -> Objective:
+    if objective in (Objective.MINIMIZE, Objective.MAXIMIZE):
+        return Objective(objective)
+    raise ValueError(
+        f"objective must be schedy.pbt.MINIMIZE or schedy.pbt.MAXIMIZE, not {objective!r}"
+    )
+
+
+@register
+class PBTScheduler(Scheduler):
+    """PBT's configuration (validated here, once) and its decision."""
+
+    kind = "pbt"
+    arguments = (
+        "objective",
+        "result_name",
+        "exploit",
+        "explore",
+        "initial_distributions",
+        "population_size",
+        "max_generations",
+        "seed",
+        "max_member_crashes",
+    )
+
+    def __init__(
+        self,
+        objective: str,
+        result_name: str,
+        exploit: Truncate,
+        explore: Mapping[str, ExploreStrategy] | None = None,
+        initial_distributions: Mapping[str, Distribution] | None = None,
+        population_size: int | None = None,
+        max_generations: int | None = None,
+        seed: int | None = None,
+        max_member_crashes: int = 3,
+    ) -> None:
+        self.objective = _objective(objective)
+        if not isinstance(result_name, str) or not result_name:
+            raise ValueError(
+                "result_name must name the result to rank by (e.g. 'accuracy'), "
+                f"not {result_name!r}"
+            )
+        if not isinstance(exploit, Truncate):
+            raise TypeError(
+                f"exploit must be a schedy.pbt exploit strategy such as Truncate(), not {exploit!r}"
+            )
+        if explore is None:
+            explore = {}
+        if not isinstance(explore, Mapping):
+            raise TypeError(
+                f"explore must be a dict of hyperparameter name -> strategy, not {explore!r}"
+            )
+        for key, strategy in explore.items():
+            if not isinstance(strategy, ExploreStrategy):
+                raise TypeError(
+                    f"explore[{key!r}] = {strategy!r} is not an explore strategy: use "
+                    "schedy.pbt.Perturb(), Resample(...) or Shift(...)"
+                )
+        self.result_name = result_name
+        self.exploit = exploit
+        self.explore: dict[str, ExploreStrategy] = dict(explore)
+        self.initial_distributions = check_distributions(
+            initial_distributions, "initial_distributions"
+        )
+        for what, value in (
+            ("population_size", population_size),
+            ("max_generations", max_generations),
+        ):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{what} must be an int >= 1 or None, not {value!r}")
+        if self.initial_distributions and population_size is None:
+            raise ValueError(
+                "initial_distributions needs population_size: how many members to create "
+                "from it (e.g. population_size=20)"
+            )
+        for key, strategy in self.explore.items():
+            if self.initial_distributions and key not in self.initial_distributions:
+                raise ValueError(
+                    f"explore names {key!r}, which initial_distributions does not define; "
+                    f"known hyperparameters: {sorted(self.initial_distributions)}"
+                )
+            strategy._check_distribution(self.initial_distributions.get(key), key)
+        if (
+            not isinstance(max_member_crashes, int)
+            or isinstance(max_member_crashes, bool)
+            or max_member_crashes < 1
+        ):
+            raise ValueError(f"max_member_crashes must be an int >= 1, not {max_member_crashes!r}")
+        self.population_size = population_size
+        self.max_generations = max_generations
+        self.seed = check_seed(seed)
+        self.max_member_crashes = max_member_crashes
+
+    # -- configuration ---------------------------------------------------------
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective.value,
+            "result_name": self.result_name,
+            "exploit": self.exploit._to_json(),
+            "explore": {k: s._to_json() for k, s in self.explore.items()},
+            "initial_distributions": distributions_to_json(self.initial_distributions),
+            "population_size": self.population_size,
+            "max_generations": self.max_generations,
+            "seed": self.seed,
+            "max_member_crashes": self.max_member_crashes,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PBTScheduler:
+        config = config_object(config, cls.kind)
+        for required in ("objective", "result_name", "exploit"):
+            if required not in config:
+                raise ValueError(f"a PBT experiment's configuration needs {required!r}")
+        explore = config.get("explore") or {}
+        if not isinstance(explore, Mapping):
+            raise ValueError(f"explore must be an object of name: strategy, not {explore!r}")
+        return cls(
+            config["objective"],
+            config["result_name"],
+            exploit=_exploit_from_json(config["exploit"]),
+            explore={k: _explore_from_json(v) for k, v in explore.items()},
+            initial_distributions=distributions_from_json(
+                config.get("initial_distributions"), "initial_distributions"
+            ),
+            population_size=config.get("population_size"),
+            max_generations=config.get("max_generations"),
+            seed=config.get("seed"),
+            max_member_crashes=config.get("max_member_crashes", 3),
+        )
+
+    # -- ranking ---------------------------------------------------------------
+    def check_new_job(self, hyperparameters: Mapping[str, Any]) -> None:
+        rng = random.Random(0)
+        for key, strategy in self.explore.items():
+            if key not in hyperparameters:
+                raise ValueError(
+                    f"this PBT experiment explores {key!r}, so every job needs that "
+                    f"hyperparameter; got {sorted(hyperparameters)}"
+                )
+            try:
+                strategy.explore(hyperparameters[key], rng)
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"hyperparameter {key!r} = {hyperparameters[key]!r} cannot be explored "
+                    f"by {strategy!r}: {error}"
+                ) from None
+
+    def score(self, results: Mapping[str, Any]) -> float | None:
+        score = _values.as_score(results.get(self.result_name))
+        if score is None:
+            return None
+        return score if self.objective == MAXIMIZE else -score
+
+    def is_final_generation(self, generation: int | None) -> bool:
+        if self.max_generations is None or generation is None:
+            return False
+        return generation + 1 >= self.max_generations
+
+    def _can_follow(self, member: Any) -> bool:
+        """Whether a job may continue ``member``'s head (it is below the last generation)."""
+        return member.head_id is not None and not self.is_final_generation(member.head_generation)
+
+    def rank(
+        self, members: list[Any], rng: random.Random, generation: int | None = None
+    ) -> list[Any]:
+        """Evaluated members, best first; unscored last; exact ties in random order.
+
+        A member ahead of ``generation`` (the generation of the member being
+        decided) is judged by its score at that generation when it still has
+        it: with fewer workers than members, comparing against models trained
+        longer would push the member that waited longest to the bottom for
+        being behind, not for being worse.
+        """
+        keyed = []
+        for member in members:
+            if member.head_id is None:
+                continue
+            score = member.score
+            if generation is not None and (member.head_generation or 0) > generation:
+                found, earlier = _history.score_at(member.history, generation)
+                if found:
+                    score = earlier
+            keyed.append((score is None, -(score or 0.0), rng.random(), member))
+        keyed.sort(key=_RANK_KEY)
+        return [item[3] for item in keyed]
+
+    # -- the decision ----------------------------------------------------------
+    def decide(self, state: SchedulingState) -> Decision:
+        members = state.members
+        next_index = max((m.index for m in members), default=-1) + 1
+        if state.queued is not None:
+            return TakeQueued(state.queued.id, member=next_index, generation=0)
+        size = self.population_size
+        if size is not None and len(members) < size and self.initial_distributions:
+            return CreateJob(
+                sample(self.initial_distributions, state.rng), member=next_index, generation=0
+            )
+        if not members:
+            return Exhausted(
+                "the population is empty: give initial_distributions and population_size, "
+                "or add the initial jobs with experiment.add_job() / `schedy push`"
+            )
+        ready = [m for m in members if m.ready]
+        if not ready:
+            if all(m.ended for m in members):
+                done = "max_generations reached" if self.max_generations else "all members ended"
+                return Exhausted(f"the experiment is finished ({done})", finish=True)
+            return Wait("every population member is busy")
+        member = min(ready, key=lambda m: (m.ready_since, m.index))
+        ranked = self.rank(members, state.rng, member.head_generation)
+        cutoff = self.exploit._cutoff(len(ranked))
+        # A member at its final generation cannot be copied: its copy would
+        # have to train past max_generations.
+        top = [m for m in ranked[:cutoff] if m.index != member.index and self._can_follow(m)]
+        keeps_crashing = member.crashes >= self.max_member_crashes
+        if keeps_crashing and not top:
+            # The crashing member is itself the top one: copy the best other.
+            top = [m for m in ranked if m.index != member.index and self._can_follow(m)][:1]
+        in_bottom = (
+            any(m.index == member.index for m in ranked[len(ranked) - cutoff :])
+            if cutoff
+            else False
+        )
+        if (in_bottom or keeps_crashing) and top:
+            chosen = state.rng.choice(top)
+            source = state.load_job(chosen.head_id or "")
+            hyperparameters = dict(source.hyperparameters)
+            for key, strategy in self.explore.items():
+                if key in hyperparameters:
+                    hyperparameters[key] = strategy.explore(hyperparameters[key], state.rng)
+            return CreateJob(
+                hyperparameters,
+                source.results,  # unchanged: the store writes its stored text back
+                member=member.index,
+                # The copy continues the source's training: its generation counts
+                # the jobs behind the model state, whoever ran them.
+                generation=(chosen.head_generation or 0) + 1,
+                parent_id=source.id,
+                exploited_from=source.id,
+                source_member=chosen.index,
+            )
+        generation = 0 if member.head_generation is None else member.head_generation + 1
+        if member.head_id is not None:
+            head = state.load_job(member.head_id)
+            return CreateJob(
+                head.hyperparameters,
+                head.results,
+                member=member.index,
+                generation=generation,
+                parent_id=head.id,
+            )
+        # The member never finished a job: retry its first configuration,
+        # unless it keeps crashing (then start it afresh, or retire it).
+        if keeps_crashing or member.last_id is None:
+            if self.initial_distributions:
+                return CreateJob(
+                    sample(self.initial_distributions, state.rng),
+                    member=member.index,
+                    generation=0,
+                )
+            return EndMember(member.index, "its first job kept crashing and nothing can replace it")
+        last = state.load_job(member.last_id)
+        return CreateJob(
+            last.hyperparameters,
+            # What the crashed job started from, not what it wrote before
+            # crashing (e.g. the path of a checkpoint it never saved).
+            state.start_results(last),
+            member=member.index,
+            generation=last.generation or 0,
+            parent_id=last.parent_id,
+            exploited_from=last.exploited_from,
+        )
