@@ -48,7 +48,7 @@ def train_job(job, data) -> None:  # type: ignore[no-untyped-def]
         report(job, {"val_acc": val_acc, "loss": loss}, epoch=epoch, step=step)
     save(job, model, optimizer, checkpoint_dir=args.checkpoint_dir, epoch=epoch, step=step)
     job.put()
-    prune_checkpoints(job.experiment, args.checkpoint_dir, keep_top=args.keep_top)
+    prune_checkpoints(job.experiment, args.checkpoint_dir, keep_top_k=args.keep_top)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,20 @@
 - :mod:`schedy.integrations.lightning`: ``SchedyCallback`` runs the whole PBT
   worker loop inside a Lightning ``Trainer`` (``lightning`` or
   ``pytorch_lightning``);
+- :mod:`schedy.integrations.keras`: the same ``SchedyCallback`` for Keras 3's
+  ``model.fit``;
 - :mod:`schedy.integrations.torch`: ``restore``/``save``/``report``/
   ``apply_hyperparameters`` for a hand-written torch loop;
 - :mod:`schedy.integrations._core`: the framework-agnostic logic they share
   (metrics, epoch budget, optimizer hyperparameters, checkpoint paths,
-  reporting), for writing another integration;
-- :mod:`schedy.integrations._checkpoints`: pruning checkpoints no job needs.
+  reporting, and ``JobCallback``, the half of a callback that does not
+  depend on its framework), for writing another integration;
+- :mod:`schedy.integrations._checkpoints`: pruning checkpoints no job needs;
+- :mod:`schedy.integrations._files`: checkpoint files, local or at an fsspec
+  URL (atomic writes, local copies, listing, the missing-checkpoint error).
+
+Imports go one way, ``_files`` <- ``_checkpoints`` <- ``_core`` <- the
+framework modules, and importing this package imports no framework.
 """
 
 from __future__ import annotations
