@@ -5,12 +5,12 @@ Each worker is a process of its own (a Python function looping on
 CUDA context. On a machine with GPUs each worker sees one through
 ``CUDA_VISIBLE_DEVICES``. Ctrl-C (or SIGTERM) stops them all: workers get
 SIGINT, which ends the current job as CRASHED through ``with job:``, so no
-job is left RUNNING; stragglers are terminated after a grace period.
+job is left RUNNING; stragglers are ended after a grace period. That
+supervision is :mod:`schedy._processes`, shared with ``schedy run``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -18,18 +18,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._processes import GRACE_SECONDS, Child, exit_code, stop, wait
 from .errors import NoJobError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_workers"]
 
-#: Seconds workers get to finish cleanly after Ctrl-C before being killed.
-GRACE_SECONDS = 30.0
 #: A worker whose function crashes this many jobs in a row stops (a bug, not bad luck).
 MAX_CONSECUTIVE_CRASHES = 3
 
@@ -95,37 +93,6 @@ def _function_worker(
                 sys.exit(1)
 
 
-def _stop(processes: Sequence[Any], grace: float) -> None:
-    """SIGINT every live worker, wait up to ``grace`` seconds, then terminate the rest."""
-    for process in processes:
-        if _alive(process):
-            os.kill(process.pid, signal.SIGINT)
-    deadline = time.monotonic() + grace
-    for process in processes:
-        _wait(process, max(deadline - time.monotonic(), 0.0))
-    for process in processes:
-        if _alive(process):
-            process.terminate()
-            _wait(process, 5.0)
-
-
-def _alive(process: Any) -> bool:
-    return process.poll() is None if isinstance(process, subprocess.Popen) else process.is_alive()
-
-
-def _wait(process: Any, timeout: float | None) -> None:
-    if isinstance(process, subprocess.Popen):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout)
-    else:
-        process.join(timeout)
-
-
-def _exit_code(process: Any) -> int:
-    code = process.returncode if isinstance(process, subprocess.Popen) else process.exitcode
-    return 1 if code is None else int(code)
-
-
 def run_workers(
     train: Callable[[Any], Any] | Sequence[str],
     experiment: str,
@@ -153,37 +120,37 @@ def run_workers(
         raise ValueError("the worker command is empty")
     gpu_ids = list(detect_gpus() if gpus is None else gpus)
     envs = [_worker_env(i, gpu_ids, db, experiment) for i in range(workers)]
-    processes: list[Any] = []
+    processes: list[Child] = []
     # The launcher treats SIGTERM like Ctrl-C: stop the workers, do not orphan them.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         if callable(train):
             context = multiprocessing.get_context("spawn")
             for index, env in enumerate(envs):
-                process = context.Process(
+                spawned = context.Process(
                     target=_function_worker,
                     args=(index, env, db, experiment, train),
                     name=f"schedy-worker-{index}",
                 )
-                process.start()
-                processes.append(process)
+                spawned.start()
+                processes.append(spawned)
         else:
             command = list(train)
             for env in envs:
                 try:
                     child = subprocess.Popen(command, env=env, start_new_session=True)
                 except OSError as error:
-                    _stop(processes, grace)
+                    stop(processes, grace)
                     raise ValueError(
                         f"cannot start worker command {command[0]!r}: {error}"
                     ) from None
                 processes.append(child)
         for process in processes:
-            _wait(process, None)
+            wait(process, None)
     except KeyboardInterrupt:
-        _stop(processes, grace)
+        stop(processes, grace)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
-    codes = [_exit_code(process) for process in processes]
+    codes = [exit_code(process) for process in processes]
     return next((code for code in codes if code != 0), 0)

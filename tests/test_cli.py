@@ -387,7 +387,7 @@ def test_watch_redraws_until_the_experiment_is_done(
         waits.append(seconds)
         _train_pbt(experiment)
 
-    monkeypatch.setattr("schedy.cli.time.sleep", workers_finish_meanwhile)
+    monkeypatch.setattr("schedy.cli._show.time.sleep", workers_finish_meanwhile)
     shown = cli.ok("show", "PBT", "--watch", "0.5")
     assert waits == [0.5]
     first, second = shown.split("(every 0.5 s until DONE; Ctrl-C stops watching)")[1:]
@@ -403,7 +403,7 @@ def test_watch_ends_quietly_on_ctrl_c(cli: Cli, monkeypatch: pytest.MonkeyPatch)
         assert seconds == 5.0  # --watch alone: every 5 s
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("schedy.cli.time.sleep", interrupted)
+    monkeypatch.setattr("schedy.cli._show.time.sleep", interrupted)
     outcome = cli("show", "PBT", "-w")
     assert outcome.code == 0 and outcome.err == ""
     assert outcome.out.count("Ctrl-C stops watching") == 1 and "no member yet" in outcome.out
@@ -673,6 +673,116 @@ def test_run_once(cli: Cli, db: schedy.SchedyDB, train: list[str]) -> None:
     cli.ok("push", "W", "-p", "mode", '"ok"')
     cli.ok("run", "--once", "W", *train)
     assert statuses(db, "W") == ["DONE", "QUEUED"]
+
+
+# Options of run and worker may follow the experiment's name, as in the original
+# client: the command starts at the first word after NAME that is not one of
+# their options (an option's value is consumed with it), or right after `--`.
+# "TRAIN" stands for the training command: python train.py.
+OPTIONS_AROUND_THE_NAME = [
+    (["W", "--once", "TRAIN"], [], ["DONE", "QUEUED"]),
+    (["W", "--timeout", "5", "--once", "--", "TRAIN", "--once"], ["--once"], ["DONE", "QUEUED"]),
+    (["--once", "W", "TRAIN", "--epochs", "3"], ["--epochs", "3"], ["DONE", "QUEUED"]),
+    (["W", "TRAIN", "--once"], ["--once"], ["DONE", "DONE"]),  # the command's own --once
+    (["W", "--timeout=5", "--ignore-errors", "--once", "TRAIN"], [], ["DONE", "QUEUED"]),
+    (["--timeout", "5", "W", "--onc", "TRAIN", "-h"], ["-h"], ["DONE", "QUEUED"]),  # abbreviated
+    (["W", "TRAIN"], [], ["DONE", "DONE"]),
+]
+
+
+@pytest.mark.parametrize(("words", "argv", "expected"), OPTIONS_AROUND_THE_NAME)
+def test_run_options_may_follow_the_name(
+    cli: Cli,
+    db: schedy.SchedyDB,
+    train: list[str],
+    words: list[str],
+    argv: list[str],
+    expected: list[str],
+) -> None:
+    cli.ok("add", "W", "manual")
+    pushed = [job_id(cli.ok("push", "W", "-p", "mode", '"ok"')) for _ in range(2)]
+    command = [part for word in words for part in (train if word == "TRAIN" else [word])]
+    outcome = cli("run", *command)
+    assert outcome.code == 0, outcome.err
+    assert statuses(db, "W") == expected
+    for job, status in zip(pushed, expected):
+        if status == "DONE":
+            assert seen(cli, job)["argv"] == argv
+
+
+def test_run_db_option_after_the_name(cli: Cli, train: list[str]) -> None:
+    other = f"sqlite:///{cli.tmp_path}/other.db"
+    with schedy.SchedyDB(other) as handle:
+        handle.add_experiment(schedy.ManualSearch("W"))
+        handle.get_experiment("W").add_job({"mode": "ok"})
+        cli.ok("run", "W", "--db", other, "--once", *train)
+        assert [job.status for job in handle.get_experiment("W").all_jobs()] == ["DONE"]
+    assert not (cli.tmp_path / "s.db").exists()  # the global --db was not used
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["W", "--bogus", "TRAIN"], "unknown option '--bogus'"),
+        (["W", "--once"], "give the training command"),
+        (["W", "--once", "--"], "give the training command"),
+    ],
+)
+def test_run_rejects_bad_options_after_the_name_before_claiming(
+    cli: Cli, db: schedy.SchedyDB, train: list[str], words: list[str], message: str
+) -> None:
+    cli.ok("add", "W", "manual")
+    cli.ok("push", "W", "-p", "mode", '"ok"')
+    command = [part for word in words for part in (train if word == "TRAIN" else [word])]
+    assert_error(cli("run", *command), 2, message)
+    assert statuses(db, "W") == ["QUEUED"]
+
+
+def test_run_option_values_after_the_name_are_checked(
+    cli: Cli, db: schedy.SchedyDB, train: list[str]
+) -> None:
+    cli.ok("add", "W", "manual")
+    cli.ok("push", "W", "-p", "mode", '"ok"')
+    outcome = cli("run", "W", "--timeout", "soon", *train)
+    assert outcome.code == 2 and "argument --timeout: invalid float value: 'soon'" in outcome.err
+    assert statuses(db, "W") == ["QUEUED"]
+
+
+WORKER_PY = """\
+import json, os, sys
+with open(f"worker-{os.environ['SCHEDY_WORKER_INDEX']}.json", "w") as file:
+    json.dump(sys.argv[1:], file)
+"""
+
+
+@pytest.mark.parametrize(
+    ("words", "workers", "argv"),
+    [
+        (["W", "--workers", "3", "WORKER", "--workers", "9"], 3, ["--workers", "9"]),
+        (["W", "--", "WORKER"], 2, []),
+        (["W", "WORKER", "--gpus", "none"], 2, ["--gpus", "none"]),
+        (["--workers", "1", "W", "--gpus=none", "WORKER"], 1, []),
+        (["W", "--grace", "5", "--workers", "1", "--", "WORKER", "--", "x"], 1, ["--", "x"]),
+    ],
+)
+def test_worker_options_may_follow_the_name(
+    cli: Cli, words: list[str], workers: int, argv: list[str]
+) -> None:
+    (cli.tmp_path / "worker.py").write_text(WORKER_PY)
+    cli.ok("add", "W", "manual")
+    worker = [sys.executable, "worker.py"]
+    command = [part for word in words for part in (worker if word == "WORKER" else [word])]
+    outcome = cli("worker", *command)
+    assert outcome.code == 0, outcome.err
+    started = sorted(path.name for path in cli.tmp_path.glob("worker-*.json"))
+    assert started == [f"worker-{index}.json" for index in range(workers)]
+    for name in started:
+        assert json.loads((cli.tmp_path / name).read_text()) == argv
+
+
+def test_worker_rejects_an_unknown_option_after_the_name(cli: Cli) -> None:
+    cli.ok("add", "W", "manual")
+    assert_error(cli("worker", "W", "--wrkers", "2", "python", "w.py"), 2, "'--wrkers'")
 
 
 @pytest.mark.parametrize(
