@@ -4,7 +4,9 @@ The conformance suite already runs every storage test through a server
 (``store_url``'s ``http`` backend). Here: the token, refusing to listen
 beyond loopback without one, clear errors for a server that is down or is
 not a schedy server, malformed requests, and the ``schedy server`` command
-as users start and stop it.
+as users start and stop it, the one error table both sides use, and how
+the client fails or retries when the connection does (``_wire``, urllib3's
+``Retry``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import http.server
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ pytest.importorskip("fastapi", reason="the server needs: pip install 'schedy[ser
 import requests
 
 import schedy
+from schedy import _wire
 from schedy.errors import AuthenticationError, ServerError, StorageError
 from schedy.server import serve
 from schedy.storage import _http, _sql
@@ -373,9 +377,14 @@ class _FailingStorage(SQLStorage):
         raise self.error
 
 
+#: Every entry of the wire's error table, raised as itself by the storage.
+_TABLE_CASES = [(entry.kind(f"sent as {entry.name}"), entry.kind) for entry in _wire.ERRORS]
+
+
 @pytest.mark.parametrize(
     ("raised", "expected"),
     [
+        *_TABLE_CASES,
         (schedy.errors.NotFoundError("gone"), schedy.errors.NotFoundError),
         (schedy.errors.ResourceExistsError("taken"), schedy.errors.ResourceExistsError),
         (schedy.errors.UnsafeUpdateError("lease lost"), schedy.errors.UnsafeUpdateError),
@@ -386,6 +395,7 @@ class _FailingStorage(SQLStorage):
         (ValueError("bad value"), ValueError),
         (TypeError("bad type"), TypeError),
         (RuntimeError("a bug"), ServerError),
+        (schedy.errors.NoJobError("not a storage error"), ServerError),
     ],
     ids=lambda value: type(value).__name__ if isinstance(value, Exception) else "",
 )
@@ -402,12 +412,202 @@ def test_every_error_the_server_sends_is_raised_as_itself(
         client = _http.HTTPStorage(url, token=server_token)
         with pytest.raises(expected) as caught:
             client.get_experiment("any")
+        assert type(caught.value) is expected  # not merely a subclass of it
         assert str(raised) in str(caught.value)
         client.close()
+        # What travelled is the table's name and status for that class.
+        answer = requests.get(
+            f"{url}{_wire.API_PREFIX}/experiment",
+            params={"name": "any"},
+            headers={"Authorization": f"Bearer {server_token}"},
+            timeout=10,
+        )
+        entry = next(entry for entry in _wire.ERRORS if entry.kind is expected)
+        assert answer.status_code == entry.status
+        assert answer.json()["error"]["type"] == entry.name
 
 
 def test_the_client_knows_every_error_name_the_server_sends() -> None:
-    from schedy.server import _app
+    # One table for both sides: most specific class first, so a subclass is
+    # never shadowed by its base, each name once, and each decodes to its class.
+    names = [entry.name for entry in _wire.ERRORS]
+    assert len(set(names)) == len(names)
+    for index, later in enumerate(_wire.ERRORS):
+        for earlier in _wire.ERRORS[:index]:
+            assert not issubclass(later.kind, earlier.kind), (later, earlier)
+    # What the server sends besides storage errors: a refused token, a bug, a bad request.
+    sent = {"AuthenticationError", "ServerError", "ValueError"} | {
+        kind.__name__ for kind in (StorageError, schedy.errors.SchemaVersionError)
+    }
+    assert sent <= set(names)
+    for entry in _wire.ERRORS:
+        status, body = _wire.encode_error(entry.kind("why"))
+        assert status == entry.status
+        decoded = _wire.decode_error(status, _wire.decode(_wire.encode(body)))
+        assert type(decoded) is entry.kind and str(decoded) == "why"
+    assert type(_wire.decode_error(500, {"error": {"type": "Unheard", "message": "m"}})) is (
+        ServerError
+    )
+    assert _wire.decode_error(502, "<html>") is None
 
-    sent = {kind.__name__ for kind in _app._STATUS} | {"AuthenticationError"}
-    assert sent <= set(_http._ERRORS)
+
+def test_records_survive_the_wire_and_unknown_fields_are_ignored() -> None:
+    from schedy._records import Claim, JobRecord, MemberRecord
+
+    job = JobRecord("j", "e", "RUNNING", {"lr": 0.1}, {"loss": float("inf")}, member=1)
+    sent = _wire.decode(_wire.encode({**_wire.encode_job(job), "added_later": 1}))
+    assert _wire.decode_job(sent) == job
+    claim = Claim(job, wait=False, reason="")
+    assert _wire.decode_claim(_wire.decode(_wire.encode(_wire.encode_claim(claim)))) == claim
+    member = MemberRecord(0, head_id="j", score=0.5)
+    assert _wire.decode_members([_wire.encode_member(member)]) == [member]
+    with pytest.raises(ServerError, match="incomplete record"):
+        _wire.decode_job({"id": "j"})
+    with pytest.raises(ServerError, match="not an object"):
+        _wire.decode_experiment([1])
+
+
+# -- the connection: what is retried, and what each failure says ---------------
+@contextmanager
+def _raw_server(answer: Callable[[socket.socket], None]) -> Iterator[tuple[str, list[int]]]:
+    """A TCP server on loopback: ``answer(connection)`` for each connection;
+    yields its URL and a list that counts the connections it accepted."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            accepted.append(1)
+            with connection:
+                connection.settimeout(10)
+                with suppress(OSError):
+                    answer(connection)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        listener.close()
+
+
+def _read_request(connection: socket.socket) -> None:
+    seen = b""
+    while b"\r\n\r\n" not in seen:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return
+        seen += chunk
+
+
+def _hang_up(connection: socket.socket) -> None:
+    _read_request(connection)  # and close without a word
+
+
+def test_a_lost_answer_is_not_retried_and_says_it_may_have_taken_effect() -> None:
+    with _raw_server(_hang_up) as (url, accepted):
+        with pytest.raises(StorageError, match=r"GET /session .*may or may not have taken effect"):
+            _http.HTTPStorage(url)
+        assert len(accepted) == 1  # the request went out: not sent again
+
+
+def test_a_read_timeout_is_not_retried() -> None:
+    def silent(connection: socket.socket) -> None:
+        _read_request(connection)
+        connection.recv(1)  # until the client gives up
+
+    with _raw_server(silent) as (url, accepted):
+        started = time.monotonic()
+        with pytest.raises(StorageError, match=r"did not answer GET /session within 0\.3 s"):
+            _http.HTTPStorage(url, timeout=0.3)
+        assert time.monotonic() - started < 3
+        assert len(accepted) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (b"Content-Length: 100\r\n", "was cut off"),  # and the connection closes
+        (b"Content-Encoding: gzip\r\nContent-Length: 10\r\n", "could not be decompressed"),
+    ],
+    ids=["cut-off", "bad-gzip"],
+)
+def test_a_broken_answer_is_a_storage_error_not_a_requests_one(
+    headers: bytes, message: str
+) -> None:
+    def broken(connection: socket.socket) -> None:
+        _read_request(connection)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + headers)
+        connection.sendall(b"\r\n{not gzip}")
+
+    with _raw_server(broken) as (url, accepted):
+        with pytest.raises(StorageError, match=f"{message}.*may or may not have taken effect"):
+            _http.HTTPStorage(url)
+        assert len(accepted) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_refused_connection_is_retried_for_retry_seconds() -> None:
+    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"connection refused, retried for 0\.6 s.*nothing was"):
+        _http.HTTPStorage(url, retry_seconds=0.6)
+    assert 0.6 <= time.monotonic() - started < 2.5
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=r"\(connection refused\)\..*nothing was written"):
+        _http.HTTPStorage(url, retry_seconds=0)
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(ValueError, match="retry_seconds"):
+        _http.HTTPStorage(url, retry_seconds=-1)
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux", reason="relies on Linux dropping SYNs past the backlog"
+)
+def test_a_connect_timeout_is_retried_too() -> None:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)  # never accepts
+    port = listener.getsockname()[1]
+    queued = [socket.socket() for _ in range(3)]  # fill the backlog: later SYNs are dropped
+    for waiting in queued:
+        waiting.setblocking(False)
+        with suppress(BlockingIOError):
+            waiting.connect(("127.0.0.1", port))
+    try:
+        started = time.monotonic()
+        with pytest.raises(
+            StorageError, match=r"no connection within 0\.2 s, retried for 0\.5 s.*nothing was"
+        ):
+            _http.HTTPStorage(f"http://127.0.0.1:{port}", timeout=0.2, retry_seconds=0.5)
+        assert 0.7 <= time.monotonic() - started < 3  # the first timeout, then 0.5 s more
+    finally:
+        for waiting in queued:
+            waiting.close()
+        listener.close()
+
+
+def test_the_retry_is_urllib3s_and_for_connecting_only(server_url: str, server_token: str) -> None:
+    client = _http.HTTPStorage(server_url, token=server_token)
+    try:
+        for scheme in ("http://", "https://"):
+            adapter = client._session().get_adapter(scheme + "host")
+            assert isinstance(adapter, requests.adapters.HTTPAdapter)
+            retry = adapter.max_retries
+            assert isinstance(retry, _http._ConnectRetry)
+            assert retry.read is False and retry.status == 0 and retry.other == 0
+            assert retry.allowed_methods is None  # POST too: it never went out
+            assert retry.budget == _http._CONNECT_RETRY_S == 10.0
+    finally:
+        client.close()

@@ -1,11 +1,13 @@
 """The FastAPI application: one endpoint per ``Storage`` method.
 
-Wire format (shared with ``schedy.storage._http``): bodies are JSON written
-by ``schedy._values.dumps``, so NaN and +/-inf results survive the trip as
-they do in the database. Experiment names and job ids travel as query
-parameters, not path segments: a name may hold any character (``/`` too).
-Failures come back as ``{"error": {"type": ..., "message": ...}}`` with a
-status code; the client raises the same schedy error the storage raised.
+The wire format -- the API prefix, JSON bodies that keep NaN and +/-inf,
+records, request bodies and the error table -- is ``schedy._wire``, which
+the client (``schedy.storage._http``) imports too: this module only routes
+requests to the storage and answers in that format, so the two sides cannot
+disagree. Experiment names and job ids travel as query parameters, not path
+segments: a name may hold any character (``/`` too). A failure comes back
+as the error table's type name and status, and the client raises the same
+class the storage raised.
 """
 
 from __future__ import annotations
@@ -17,30 +19,21 @@ import secrets
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 try:
     from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import Response
-    from pydantic import BaseModel, Field
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"schedy server needs FastAPI and uvicorn ({error}): pip install 'schedy[server]'"
     ) from None
 
-from .. import __version__, _values
-from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate
+from .. import __version__, _wire
+from .._records import ExperimentRecord
 from ..db import SchedyDB
-from ..errors import (
-    NotFoundError,
-    ResourceExistsError,
-    SchedyError,
-    SchemaVersionError,
-    StorageError,
-    UnsafeUpdateError,
-)
+from ..errors import AuthenticationError, SchedyError, ServerError
 from ..storage._base import Storage
 from ..storage._http import HTTPStorage
 
@@ -48,72 +41,20 @@ __all__ = ["create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/v1"
-
-#: Error class -> HTTP status, most specific first; the client maps the class
-#: name back to the class.
-_STATUS: dict[type[BaseException], int] = {
-    NotFoundError: 404,
-    ResourceExistsError: 409,
-    UnsafeUpdateError: 409,
-    SchemaVersionError: 503,
-    StorageError: 503,
-    ValueError: 400,
-    TypeError: 400,
-}
-
 
 class JSONText(Response):
-    """JSON written by ``_values.dumps``: NaN and infinities stay numbers."""
+    """A body in the wire's JSON (``_wire.encode``): NaN and infinities stay numbers."""
 
-    media_type = "application/json"
+    media_type = _wire.MEDIA_TYPE
 
     def render(self, content: Any) -> bytes:
-        return _values.dumps(content).encode("utf-8")
+        return _wire.encode(content)
 
 
-def _error(status: int, kind: str, message: str) -> JSONText:
-    return JSONText({"error": {"type": kind, "message": message}}, status_code=status)
-
-
-# -- request bodies (documented in the OpenAPI schema) -------------------------
-class NewExperiment(BaseModel):
-    name: str
-    kind: str
-    status: str
-    config: dict[str, Any]
-
-
-class ExperimentChange(BaseModel):
-    status: str
-    config: dict[str, Any]
-
-
-class NewJob(BaseModel):
-    status: str = "QUEUED"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict)
-    results: dict[str, Any] = Field(default_factory=dict)
-
-
-class JobChange(BaseModel):
-    status: str | None = None
-    hyperparameters: dict[str, Any] | None = None
-    results: dict[str, Any] | None = None
-    error: str | None = None
-    lease_token: str | None = None
-
-
-class ClaimRequest(BaseModel):
-    lease_seconds: float
-
-
-class LeaseRenewal(BaseModel):
-    lease_token: str
-    lease_seconds: float
-
-
-def _job(record: JobRecord) -> dict[str, Any]:
-    return asdict(record)
+def _error(error: BaseException) -> JSONText:
+    """``error`` as the wire's error table says: its public name and status."""
+    status, body = _wire.encode_error(error)
+    return JSONText(body, status_code=status)
 
 
 def _sql_storage(store: Storage | SchedyDB | str) -> Storage:
@@ -157,10 +98,10 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
     @app.exception_handler(_Unauthorized)
     async def unauthorized(request: Request, error: _Unauthorized) -> Response:
         return _error(
-            401,
-            "AuthenticationError",
-            "the schedy server refused the token: give the server's token to SchedyDB "
-            "(token=...) or in $SCHEDY_TOKEN",
+            AuthenticationError(
+                "the schedy server refused the token: give the server's token to SchedyDB "
+                "(token=...) or in $SCHEDY_TOKEN"
+            )
         )
 
     @app.exception_handler(SchedyError)
@@ -168,52 +109,55 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
     @app.exception_handler(TypeError)
     async def known_error(request: Request, error: Exception) -> Response:
         # Named by the public class it is (a private subclass travels as its
-        # base), so the client's table knows every name a server can send.
-        kind = next((kind for kind in _STATUS if isinstance(error, kind)), None)
-        if kind is None:
-            return _error(500, "ServerError", str(error))
-        return _error(_STATUS[kind], kind.__name__, str(error))
+        # base); one the table lacks (NoJobError, say) is a ServerError.
+        return _error(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        return _error(400, "ValueError", f"invalid request to the schedy server: {error}")
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        return _error(ValueError(f"invalid request to the schedy server: {problems}"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> Response:
         logger.exception("schedy server: %s %s failed", request.method, request.url.path)
-        return _error(500, "ServerError", f"the schedy server failed: {error!r}")
+        return _error(ServerError(f"the schedy server failed: {error!r}"))
 
     secured = [Depends(authorize)]
 
     def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-        return app.api_route(API_PREFIX + path, methods=[method], dependencies=secured, **options)
+        return app.api_route(
+            _wire.API_PREFIX + path, methods=[method], dependencies=secured, **options
+        )
 
-    @app.get(API_PREFIX + "/health")
+    @app.get(_wire.API_PREFIX + "/health")
     def health() -> Any:
         """Open to all: lets a client tell a schedy server from anything else."""
-        return JSONText({"schedy": __version__, "api": 1})
+        return JSONText(_wire.hello(__version__))
 
     @route("GET", "/session")
     def session() -> Any:
         """Checks the token: clients call it once, so a wrong one fails at SchedyDB()."""
-        return JSONText({"schedy": __version__, "api": 1})
+        return JSONText(_wire.hello(__version__))
 
     # -- experiments -----------------------------------------------------------
     @route("GET", "/experiments")
     def list_experiments() -> Any:
-        return JSONText([asdict(record) for record in storage.list_experiments()])
+        return JSONText([_wire.encode_experiment(r) for r in storage.list_experiments()])
 
     @route("POST", "/experiments", status_code=201)
-    def create_experiment(body: NewExperiment) -> Any:
-        storage.create_experiment(ExperimentRecord(**body.model_dump()))
+    def create_experiment(body: ExperimentRecord) -> Any:
+        storage.create_experiment(body)
         return JSONText({}, status_code=201)
 
     @route("GET", "/experiment")
     def get_experiment(name: str) -> Any:
-        return JSONText(asdict(storage.get_experiment(name)))
+        return JSONText(_wire.encode_experiment(storage.get_experiment(name)))
 
     @route("PUT", "/experiment")
-    def update_experiment(name: str, body: ExperimentChange) -> Any:
+    def update_experiment(name: str, body: _wire.ExperimentChange) -> Any:
         storage.update_experiment(name, body.status, body.config)
         return JSONText({})
 
@@ -224,30 +168,25 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
 
     # -- jobs ------------------------------------------------------------------
     @route("POST", "/jobs", status_code=201)
-    def add_job(experiment: str, body: NewJob) -> Any:
+    def add_job(experiment: str, body: _wire.NewJob) -> Any:
         record = storage.add_job(experiment, body.status, body.hyperparameters, body.results)
-        return JSONText(_job(record), status_code=201)
+        return JSONText(_wire.encode_job(record), status_code=201)
 
     @route("GET", "/jobs")
     def list_jobs(
         experiment: str, after: str | None = None, limit: int = Query(1000, ge=1, le=10000)
     ) -> Any:
-        return JSONText([_job(r) for r in storage.list_jobs(experiment, after=after, limit=limit)])
+        found = storage.list_jobs(experiment, after=after, limit=limit)
+        return JSONText([_wire.encode_job(record) for record in found])
 
     @route("GET", "/job")
     def get_job(experiment: str, id: str) -> Any:
-        return JSONText(_job(storage.get_job(experiment, id)))
+        return JSONText(_wire.encode_job(storage.get_job(experiment, id)))
 
     @route("PATCH", "/job")
-    def update_job(experiment: str, id: str, body: JobChange) -> Any:
-        update = JobUpdate(
-            status=body.status,
-            hyperparameters=body.hyperparameters,
-            results=body.results,
-            error=body.error,
-        )
-        record = storage.update_job(experiment, id, update, lease_token=body.lease_token)
-        return JSONText(_job(record))
+    def update_job(experiment: str, id: str, body: _wire.JobChange) -> Any:
+        record = storage.update_job(experiment, id, body.update(), lease_token=body.lease_token)
+        return JSONText(_wire.encode_job(record))
 
     @route("DELETE", "/job")
     def delete_job(experiment: str, id: str) -> Any:
@@ -256,27 +195,25 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
 
     # -- scheduling ------------------------------------------------------------
     @route("POST", "/claim")
-    def claim_job(experiment: str, body: ClaimRequest) -> Any:
-        claim: Claim = storage.claim_job(experiment, body.lease_seconds)
-        job = None if claim.job is None else _job(claim.job)
-        return JSONText({"job": job, "wait": claim.wait, "reason": claim.reason})
+    def claim_job(experiment: str, body: _wire.ClaimRequest) -> Any:
+        return JSONText(_wire.encode_claim(storage.claim_job(experiment, body.lease_seconds)))
 
     @route("POST", "/lease")
-    def renew_lease(experiment: str, id: str, body: LeaseRenewal) -> Any:
+    def renew_lease(experiment: str, id: str, body: _wire.LeaseRenewal) -> Any:
         renewed = storage.renew_lease(experiment, id, body.lease_token, body.lease_seconds)
-        return JSONText({"renewed": renewed})
+        return JSONText(_wire.encode_renewed(renewed))
 
     @route("GET", "/jobs-in-use")
     def jobs_in_use(experiment: str, top_k: int = Query(0, ge=0)) -> Any:
-        return JSONText([_job(r) for r in storage.jobs_in_use(experiment, top_k)])
+        return JSONText([_wire.encode_job(r) for r in storage.jobs_in_use(experiment, top_k)])
 
     @route("GET", "/top-jobs")
     def top_jobs(experiment: str, k: int = Query(1, ge=0)) -> Any:
-        return JSONText([_job(r) for r in storage.top_jobs(experiment, k)])
+        return JSONText([_wire.encode_job(r) for r in storage.top_jobs(experiment, k)])
 
     @route("GET", "/members")
     def members(experiment: str) -> Any:
-        return JSONText([member._asdict() for member in storage.get_members(experiment)])
+        return JSONText([_wire.encode_member(m) for m in storage.get_members(experiment)])
 
     return app
 

@@ -1,57 +1,120 @@
 """Storage over HTTP: the client of ``schedy server``.
 
-Each ``Storage`` method is one request (see ``schedy.server._app`` for the
-wire format); the server runs the same SQL storage -- and so the same
-scheduling decision -- that a worker on the database would. Errors come
-back typed and are raised as the same schedy errors.
+Each ``Storage`` method is one request in the format of ``schedy._wire``,
+which the server imports too; the server runs the same SQL storage -- and so
+the same scheduling decision -- that a worker on the database would. Errors
+come back typed and are raised as the same schedy errors; a failure to talk
+to the server at all is a :class:`~schedy.errors.StorageError`, never an
+exception of ``requests`` or ``urllib3``.
 
-A request that never reached the server (connection refused: the server
-is restarting) is retried for a while, since nothing can have happened;
-one whose answer was lost is not, because it may have taken effect.
+A request that never reached the server (connection refused or timed out:
+the server is restarting) is retried for a while (``retry_seconds``, 10 s by
+default), whatever its method, since nothing can have happened. One whose
+answer was lost is not, because it may have taken effect. The retrying is
+urllib3's own (a ``Retry`` on each session's adapter, allowed connect errors
+only), so it knows from the exception *types* whether a request went out
+instead of guessing from error messages.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import threading
 import time
-from dataclasses import asdict
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
+from urllib3.util.retry import Retry
 
-from .. import _values
+from .. import _wire
 from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord
-from ..errors import (
-    AuthenticationError,
-    NotFoundError,
-    ResourceExistsError,
-    SchemaVersionError,
-    ServerError,
-    StorageError,
-    UnsafeUpdateError,
-)
+from ..errors import ServerError, StorageError
 from ._base import Storage
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
 
 __all__ = ["HTTPStorage"]
 
-API_PREFIX = "/api/v1"
-
-#: Error type names the server sends -> the exception raised here.
-_ERRORS: dict[str, type[Exception]] = {
-    "NotFoundError": NotFoundError,
-    "ResourceExistsError": ResourceExistsError,
-    "UnsafeUpdateError": UnsafeUpdateError,
-    "SchemaVersionError": SchemaVersionError,
-    "StorageError": StorageError,
-    "AuthenticationError": AuthenticationError,
-    "ValueError": ValueError,
-    "TypeError": TypeError,
-}
-
-#: How long a request that could not connect is retried (a server restart).
+#: How long a request that could not connect is retried (a server restart),
+#: unless ``HTTPStorage(retry_seconds=...)`` says otherwise.
 _CONNECT_RETRY_S = 10.0
+#: urllib3's exponential backoff between those tries: 0, 0.05, 0.1, 0.2, ... then 1 s.
+_BACKOFF_FACTOR_S = 0.025
+_BACKOFF_MAX_S = 1.0
+
+
+class _ConnectRetry(Retry):
+    """urllib3's ``Retry`` for connect failures only, also bounded by time.
+
+    Connect errors and connect timeouts are retried, for any method: a request
+    that never connected did nothing. Nothing else is (``read=False`` re-raises
+    a read error as itself, so a read timeout stays a read timeout; no status
+    or other retries). The count of connect tries is unbounded; instead the
+    first failure sets a deadline ``budget`` seconds ahead, after which the
+    next failure is final, and no backoff sleeps past it.
+    """
+
+    def __init__(self, *, budget: float, deadline: float | None = None, **options: Any) -> None:
+        super().__init__(**options)
+        self.budget = budget
+        self.deadline = deadline
+
+    @classmethod
+    def connect_only(cls, budget: float) -> _ConnectRetry:
+        return cls(
+            budget=budget,
+            total=None,
+            connect=None,  # bounded by the deadline instead
+            read=False,
+            redirect=0,  # requests follows redirects itself
+            status=0,
+            other=0,
+            allowed_methods=None,  # any method: the request never went out
+            status_forcelist=None,
+            backoff_factor=_BACKOFF_FACTOR_S,
+            backoff_max=_BACKOFF_MAX_S,
+            raise_on_status=False,
+            respect_retry_after_header=False,
+        )
+
+    def new(self, **options: Any) -> Self:
+        options.setdefault("budget", self.budget)
+        options.setdefault("deadline", self.deadline)
+        return super().new(**options)
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if self.deadline is None:  # the first failure of this request starts the clock
+            started = self.new(deadline=time.monotonic() + self.budget)
+            return started.increment(method, url, response, error, _pool, _stacktrace)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def is_exhausted(self) -> bool:
+        past = self.deadline is not None and time.monotonic() >= self.deadline
+        return past or super().is_exhausted()
+
+    def get_backoff_time(self) -> float:
+        backoff = super().get_backoff_time()
+        if self.deadline is None:
+            return backoff
+        return max(0.0, min(backoff, self.deadline - time.monotonic()))
 
 
 class HTTPStorage(Storage):
@@ -60,7 +123,9 @@ class HTTPStorage(Storage):
     ``token`` is the server's token (sent as ``Authorization: Bearer``);
     ``timeout`` bounds each request, in seconds; ``verify`` is the CA bundle
     (a path) that signed an HTTPS server's certificate, or False to skip the
-    check (default: the system's CAs, or ``$REQUESTS_CA_BUNDLE``).
+    check (default: the system's CAs, or ``$REQUESTS_CA_BUNDLE``);
+    ``retry_seconds`` is how long a request that cannot connect is retried
+    (default 10 s; 0 never retries).
     """
 
     def __init__(
@@ -70,6 +135,7 @@ class HTTPStorage(Storage):
         token: str | None = None,
         timeout: float = 60.0,
         verify: bool | str | None = None,
+        retry_seconds: float | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -79,14 +145,19 @@ class HTTPStorage(Storage):
                 f"the schedy server URL {url!r} holds credentials: give the token with "
                 "token=... or $SCHEDY_TOKEN instead"
             )
+        if retry_seconds is None:
+            retry_seconds = _CONNECT_RETRY_S
+        if not retry_seconds >= 0:
+            raise ValueError(f"retry_seconds must be >= 0, got {retry_seconds!r}")
         self.url = url
         path = parts.path.rstrip("/")
-        self._base = urlunsplit((parts.scheme, parts.netloc, path + API_PREFIX, "", ""))
-        self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        self._base = urlunsplit((parts.scheme, parts.netloc, path + _wire.API_PREFIX, "", ""))
+        self._headers = {"Accept": _wire.MEDIA_TYPE, "Content-Type": _wire.MEDIA_TYPE}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout
         self._verify = verify
+        self._retry_seconds = float(retry_seconds)
         # One session per thread: the heartbeat thread renews leases while
         # the worker's thread reports, and a Session is not thread-safe.
         self._local = threading.local()
@@ -104,6 +175,9 @@ class HTTPStorage(Storage):
         if session is None:
             session = requests.Session()
             session.headers.update(self._headers)
+            adapter = HTTPAdapter(max_retries=_ConnectRetry.connect_only(self._retry_seconds))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 
@@ -114,43 +188,70 @@ class HTTPStorage(Storage):
         params: dict[str, Any] | None = None,
         body: Any = None,
     ) -> Any:
-        data = None if body is None else _values.dumps(body).encode("utf-8")
-        deadline = time.monotonic() + _CONNECT_RETRY_S
-        delay = 0.05
-        while True:
-            try:
-                response = self._session().request(
-                    method,
-                    self._base + path,
-                    params=params,
-                    data=data,
-                    timeout=self._timeout,
-                    # Per request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE.
-                    verify=self._verify,
-                )
-                break
-            except requests.ConnectionError as error:
-                if _never_sent(error) and time.monotonic() < deadline:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 1.0)
-                    continue
-                raise StorageError(
-                    f"cannot reach the schedy server at {self.url} ({_reason(error)}). "
-                    "Check that `schedy server` runs there and the URL is right"
-                    + ("; nothing was written." if _never_sent(error) else ".")
-                ) from None
-            except requests.Timeout:
-                raise StorageError(
-                    f"the schedy server at {self.url} did not answer {method} {path} within "
-                    f"{self._timeout:g} s; the request may or may not have taken effect"
-                ) from None
+        data = None if body is None else _wire.encode(body)
+        try:
+            response = self._session().request(
+                method,
+                self._base + path,
+                params=params,
+                data=data,
+                timeout=self._timeout,
+                # Per request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE.
+                verify=self._verify,
+            )
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as error:
+            raise self._failure(error, f"{method} {path}") from None
         return self._decode(response)
+
+    def _failure(self, error: Exception, request: str) -> StorageError:
+        """What went wrong talking to the server, told by the exception's type."""
+        reason = _reason(error)
+        if isinstance(error, requests.exceptions.SSLError):
+            return StorageError(
+                f"cannot reach the schedy server at {self.url} over HTTPS ({_describe(reason)}): "
+                "give the CA bundle that signed its certificate as verify=... or "
+                "$REQUESTS_CA_BUNDLE" + ("; nothing was written." if _never_sent(error) else ".")
+            )
+        if _never_sent(error):
+            what = (
+                f"no connection within {self._timeout:g} s"
+                if isinstance(error, requests.ConnectTimeout)
+                else _describe(reason)
+            )
+            tried = f", retried for {self._retry_seconds:g} s" if self._retry_seconds else ""
+            return StorageError(
+                f"cannot reach the schedy server at {self.url} ({what}{tried}). "
+                "Check that `schedy server` runs there and the URL is right; nothing was written."
+            )
+        if isinstance(error, requests.Timeout):
+            return StorageError(
+                f"the schedy server at {self.url} did not answer {request} within "
+                f"{self._timeout:g} s; the request may or may not have taken effect"
+            )
+        if isinstance(error, requests.exceptions.ChunkedEncodingError):
+            return StorageError(
+                f"the answer of the schedy server at {self.url} to {request} was cut off "
+                f"({_describe(reason)}); the request may or may not have taken effect"
+            )
+        if isinstance(error, requests.exceptions.ContentDecodingError):
+            return StorageError(
+                f"the answer of the schedy server at {self.url} to {request} could not be "
+                f"decompressed ({_describe(reason)}); the request may or may not have taken effect"
+            )
+        if isinstance(error, requests.ConnectionError):
+            return StorageError(
+                f"cannot reach the schedy server at {self.url}: the connection broke before "
+                f"{request} was answered ({_describe(reason)}); the request may or may not have "
+                "taken effect. Check that `schedy server` runs there and the URL is right"
+            )
+        return StorageError(
+            f"{request} to the schedy server at {self.url} failed: {_describe(reason)}; "
+            "the request may or may not have taken effect"
+        )
 
     def _decode(self, response: requests.Response) -> Any:
         try:
-            # UTF-8 by the JSON spec: response.text would guess the charset
-            # from the bytes, slowly, on every page of jobs.
-            payload = _values.loads(response.content.decode("utf-8")) if response.content else None
+            payload = _wire.decode(response.content) if response.content else None
         except ValueError:  # UnicodeDecodeError included
             payload = None
         if response.ok:
@@ -160,21 +261,19 @@ class HTTPStorage(Storage):
                     "schedy server?"
                 )
             return payload
-        error = payload.get("error") if isinstance(payload, dict) else None
-        if not isinstance(error, dict):
+        error = _wire.decode_error(response.status_code, payload)
+        if error is None:
             if response.status_code == 404:
                 raise ServerError(
                     f"{self.url} has no schedy API at {response.url}: is it a schedy server?"
                 )
             raise ServerError(f"{self.url} answered HTTP {response.status_code}")
-        message = str(error.get("message") or f"HTTP {response.status_code}")
-        raise _ERRORS.get(str(error.get("type")), ServerError)(message)
+        raise error
 
     def _check_server(self) -> None:
         """Fail at SchedyDB() -- unreachable, not a schedy server, wrong token --
         with a clear message, not at the first job."""
-        found = self._call("GET", "/session")
-        if not (isinstance(found, dict) and "schedy" in found):
+        if not _wire.is_hello(self._call("GET", "/session")):
             raise ServerError(f"{self.url} is not a schedy server")
 
     def close(self) -> None:
@@ -185,16 +284,17 @@ class HTTPStorage(Storage):
 
     # -- experiments -----------------------------------------------------------
     def create_experiment(self, record: ExperimentRecord) -> None:
-        self._call("POST", "/experiments", body=asdict(record))
+        self._call("POST", "/experiments", body=_wire.encode_experiment(record))
 
     def get_experiment(self, name: str) -> ExperimentRecord:
-        return ExperimentRecord(**self._call("GET", "/experiment", {"name": name}))
+        return _wire.decode_experiment(self._call("GET", "/experiment", {"name": name}))
 
     def list_experiments(self) -> list[ExperimentRecord]:
-        return [ExperimentRecord(**found) for found in self._call("GET", "/experiments")]
+        return _wire.decode_experiments(self._call("GET", "/experiments"))
 
     def update_experiment(self, name: str, status: str, config: dict[str, Any]) -> None:
-        self._call("PUT", "/experiment", {"name": name}, {"status": status, "config": config})
+        change = _wire.ExperimentChange(status=status, config=config)
+        self._call("PUT", "/experiment", {"name": name}, _wire.body(change))
 
     def delete_experiment(self, name: str) -> None:
         self._call("DELETE", "/experiment", {"name": name})
@@ -208,15 +308,12 @@ class HTTPStorage(Storage):
         results: dict[str, Any],
     ) -> JobRecord:
         # Checked here, so an unstorable value names its key and sends nothing.
-        body = {
-            "status": status,
-            "hyperparameters": _values.normalize_mapping(hyperparameters, "hyperparameters"),
-            "results": _values.normalize_mapping(results, "results"),
-        }
-        return JobRecord(**self._call("POST", "/jobs", {"experiment": experiment}, body))
+        body = _wire.body(_wire.NewJob.of(status, hyperparameters, results))
+        return _wire.decode_job(self._call("POST", "/jobs", {"experiment": experiment}, body))
 
     def get_job(self, experiment: str, job_id: str) -> JobRecord:
-        return JobRecord(**self._call("GET", "/job", {"experiment": experiment, "id": job_id}))
+        found = self._call("GET", "/job", {"experiment": experiment, "id": job_id})
+        return _wire.decode_job(found)
 
     def list_jobs(
         self, experiment: str, *, after: str | None = None, limit: int = 1000
@@ -224,7 +321,7 @@ class HTTPStorage(Storage):
         params: dict[str, Any] = {"experiment": experiment, "limit": limit}
         if after is not None:
             params["after"] = after
-        return [JobRecord(**found) for found in self._call("GET", "/jobs", params)]
+        return _wire.decode_jobs(self._call("GET", "/jobs", params))
 
     def update_job(
         self,
@@ -233,19 +330,9 @@ class HTTPStorage(Storage):
         update: JobUpdate,
         lease_token: str | None = None,
     ) -> JobRecord:
-        body: dict[str, Any] = {"lease_token": lease_token}
-        if update.status is not None:
-            body["status"] = update.status
-        if update.hyperparameters is not None:
-            body["hyperparameters"] = _values.normalize_mapping(
-                update.hyperparameters, "hyperparameters"
-            )
-        if update.results is not None:
-            body["results"] = _values.normalize_mapping(update.results, "results")
-        if update.error is not None:
-            body["error"] = update.error
+        body = _wire.body(_wire.JobChange.of(update, lease_token))
         found = self._call("PATCH", "/job", {"experiment": experiment, "id": job_id}, body)
-        return JobRecord(**found)
+        return _wire.decode_job(found)
 
     def delete_job(self, experiment: str, job_id: str) -> None:
         self._call("DELETE", "/job", {"experiment": experiment, "id": job_id})
@@ -254,44 +341,60 @@ class HTTPStorage(Storage):
     def claim_job(self, experiment: str, lease_seconds: float) -> Claim:
         if not lease_seconds > 0:
             raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
-        found = self._call(
-            "POST", "/claim", {"experiment": experiment}, {"lease_seconds": lease_seconds}
-        )
-        job = None if found["job"] is None else JobRecord(**found["job"])
-        return Claim(job, wait=bool(found["wait"]), reason=str(found["reason"]))
+        body = _wire.body(_wire.ClaimRequest(lease_seconds=lease_seconds))
+        return _wire.decode_claim(self._call("POST", "/claim", {"experiment": experiment}, body))
 
     def renew_lease(
         self, experiment: str, job_id: str, lease_token: str, lease_seconds: float
     ) -> bool:
-        found = self._call(
-            "POST",
-            "/lease",
-            {"experiment": experiment, "id": job_id},
-            {"lease_token": lease_token, "lease_seconds": lease_seconds},
-        )
-        return bool(found["renewed"])
+        renewal = _wire.LeaseRenewal(lease_token=lease_token, lease_seconds=lease_seconds)
+        params = {"experiment": experiment, "id": job_id}
+        return _wire.decode_renewed(self._call("POST", "/lease", params, _wire.body(renewal)))
 
     def jobs_in_use(self, experiment: str, top_k: int) -> list[JobRecord]:
         found = self._call("GET", "/jobs-in-use", {"experiment": experiment, "top_k": top_k})
-        return [JobRecord(**job) for job in found]
+        return _wire.decode_jobs(found)
 
     def top_jobs(self, experiment: str, k: int) -> list[JobRecord]:
-        found = self._call("GET", "/top-jobs", {"experiment": experiment, "k": k})
-        return [JobRecord(**job) for job in found]
+        return _wire.decode_jobs(self._call("GET", "/top-jobs", {"experiment": experiment, "k": k}))
 
     def get_members(self, experiment: str) -> list[MemberRecord]:
-        found = self._call("GET", "/members", {"experiment": experiment})
-        return [MemberRecord(**member) for member in found]
+        return _wire.decode_members(self._call("GET", "/members", {"experiment": experiment}))
 
 
-def _never_sent(error: requests.ConnectionError) -> bool:
-    """Whether the connection failed before the request went out (safe to retry)."""
-    text = repr(error)
-    return any(
-        sign in text for sign in ("NewConnectionError", "Connection refused", "ConnectTimeout")
-    )
+def _reason(error: Exception) -> BaseException:
+    """The urllib3 error a requests exception wraps (the reason of a
+    MaxRetryError, the proxy's own error unwrapped), or ``error`` itself."""
+    cause: BaseException = error
+    if isinstance(error, requests.RequestException) and error.args:
+        cause = error.args[0] if isinstance(error.args[0], BaseException) else error
+    if isinstance(cause, MaxRetryError) and cause.reason is not None:
+        cause = cause.reason
+    if isinstance(cause, urllib3.exceptions.ProxyError):
+        cause = cause.original_error
+    return cause
 
 
-def _reason(error: requests.ConnectionError) -> str:
-    text = str(error)
-    return "connection refused" if "Connection refused" in text else text
+def _never_sent(error: Exception) -> bool:
+    """Whether the request failed before it went out: no connection was made
+    (refused, timed out, unknown host) or TLS refused the server's certificate."""
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    reason = _reason(error)
+    if isinstance(reason, urllib3.exceptions.SSLError) and reason.args:
+        reason = reason.args[0] if isinstance(reason.args[0], BaseException) else reason
+    return isinstance(reason, (ConnectTimeoutError, ssl.SSLCertVerificationError))
+
+
+def _describe(reason: BaseException) -> str:
+    """A short account of ``reason``: the system's words for a socket error
+    (``connection refused``), else the error's own message."""
+    if isinstance(reason, NewConnectionError):  # NameResolutionError included
+        reason = reason.__cause__ or reason  # the socket's error
+    elif isinstance(reason, urllib3.exceptions.HTTPError) and reason.args:
+        # ("Connection aborted.", RemoteDisconnected(...)): the error it wraps says more
+        last = reason.args[-1]
+        reason = last if isinstance(last, BaseException) else reason
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror[:1].lower() + reason.strerror[1:]
+    return str(reason) or type(reason).__name__
