@@ -15,7 +15,15 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["StrEnum", "dumps", "loads", "normalize", "normalize_mapping"]
+__all__ = [
+    "MAX_DEPTH",
+    "StrEnum",
+    "dumps",
+    "loads",
+    "normalize",
+    "normalize_mapping",
+    "storable_part",
+]
 
 
 class StrEnum(str, enum.Enum):
@@ -34,52 +42,125 @@ class StrEnum(str, enum.Enum):
         return repr(self.value)
 
 
-def _scalar_item(value: Any) -> Any:
-    """Unwrap numpy scalars and 0-d arrays/tensors without importing numpy/torch."""
-    item = getattr(value, "item", None)
-    if item is None or not callable(item):
-        return None
+#: How deep JSON values may nest: far beyond any real results, and well below
+#: Python's recursion limit (a structure that contains itself stops here).
+MAX_DEPTH = 64
+#: Integers a JSON number can carry to every reader (a double's range).
+_MAX_INT_BITS = 1023
+
+
+class _Unstorable(TypeError):
+    """A value with no JSON form, and the path of keys where it sits."""
+
+    def __init__(self, path: tuple[str | int, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def _where(root: str, path: tuple[str | int, ...]) -> str:
+    return root + "".join(f"[{key!r}]" for key in path)
+
+
+def _array_items(value: Any) -> Any:
+    """numpy arrays and tensors (any shape) as nested lists, without importing numpy/torch.
+
+    ``None`` when ``value`` is not one.
+    """
     shape = getattr(value, "shape", None)
-    if shape is None or tuple(shape) != ():
+    if shape is None:
         return None
-    try:
-        return item()
-    except (TypeError, ValueError, RuntimeError):
-        return None
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        try:
+            detach = getattr(value, "detach", None)  # a torch tensor that requires grad
+            return (detach() if callable(detach) else value).tolist()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    item = getattr(value, "item", None)
+    if callable(item) and tuple(shape) == ():
+        try:
+            return item()
+        except (TypeError, ValueError, RuntimeError):
+            return None
+    return None
+
+
+def _normalize(value: Any, path: tuple[str | int, ...], problems: list[_Unstorable] | None) -> Any:
+    """:func:`normalize` with the key path kept as a tuple: the error text is
+    only built when a value fails, not for every element of every history list.
+    With ``problems``, an unstorable value is recorded there and left out
+    (a list item becomes None) instead of raising."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            return _fail(
+                path,
+                f"= an integer of {value.bit_length()} bits is too large for a JSON number; "
+                "store it as a string",
+                problems,
+            )
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if len(path) >= MAX_DEPTH:
+        return _fail(
+            path, f"nests deeper than {MAX_DEPTH} levels (does it contain itself?)", problems
+        )
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                _fail(
+                    path,
+                    f"has a non-string key {key!r} ({type(key).__name__}); JSON objects need "
+                    "string keys: convert it with str()",
+                    problems,
+                )
+                continue
+            normalized = _normalize(item, (*path, key), problems)
+            if normalized is not _DROPPED:
+                out[key] = normalized
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_normalize(item, (*path, index), problems) for index, item in enumerate(value)]
+        return [None if item is _DROPPED else item for item in items]
+    array = _array_items(value)
+    if array is not None:
+        return _normalize(array, path, problems)
+    return _fail(
+        path,
+        f"= {value!r} ({type(value).__module__}.{type(value).__qualname__}) cannot be stored: "
+        "use JSON values (numbers, strings, booleans, None, lists and dicts of them, numpy "
+        "arrays), e.g. str(p) for a path",
+        problems,
+    )
+
+
+_DROPPED = object()
+
+
+def _fail(path: tuple[str | int, ...], reason: str, problems: list[_Unstorable] | None) -> Any:
+    error = _Unstorable(path, reason)
+    if problems is None:
+        raise error
+    problems.append(error)
+    return _DROPPED
 
 
 def normalize(value: Any, where: str) -> Any:
     """Return ``value`` as plain JSON data (dict/list/str/int/float/bool/None).
 
-    ``where`` names the value in errors, e.g. ``"results['loss']"``.
-    Tuples become lists; numpy/torch scalars become Python scalars.
+    ``where`` names the value in errors, e.g. ``"results['loss']"``: a
+    ``TypeError`` naming the key path of the first value that cannot be
+    stored. Tuples become lists; numpy/torch scalars become Python scalars,
+    arrays and tensors nested lists.
     """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(
-                    f"{where} has a non-string key {key!r} ({type(key).__name__}); "
-                    "JSON objects need string keys: convert it with str()."
-                )
-            out[key] = normalize(item, f"{where}[{key!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [normalize(item, f"{where}[{index}]") for index, item in enumerate(value)]
-    scalar = _scalar_item(value)
-    if scalar is not None:
-        return normalize(scalar, where)
-    raise TypeError(
-        f"{where} = {value!r} ({type(value).__module__}.{type(value).__qualname__}) "
-        "cannot be stored: use JSON values (numbers, strings, booleans, None, lists "
-        "and dicts of them), e.g. float(x) for a tensor or str(p) for a path."
-    )
+    try:
+        return _normalize(value, (), None)
+    except _Unstorable as error:
+        raise TypeError(f"{_where(where, error.path)} {error.reason}.") from None
 
 
 def normalize_mapping(values: Any, what: str) -> dict[str, Any]:
@@ -91,6 +172,19 @@ def normalize_mapping(values: Any, what: str) -> dict[str, Any]:
     result = normalize(values, what)
     assert isinstance(result, dict)
     return result
+
+
+def storable_part(values: Any, what: str) -> tuple[dict[str, Any], list[str]]:
+    """What of a dict can be stored, and one message per value left out.
+
+    For a job that is ending: the results of a finished training are kept
+    even when one value has no JSON form.
+    """
+    if not isinstance(values, Mapping):
+        return {}, [f"{what} must be a dict of JSON values, not {type(values).__name__}"]
+    problems: list[_Unstorable] = []
+    result = _normalize(values, (), problems)
+    return result, [f"{_where(what, error.path)} {error.reason}" for error in problems]
 
 
 def dumps(value: Any) -> str:

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ._records import JobRecord, JobStatus, JobUpdate
+from . import _values
 from .errors import UnsafeUpdateError
 
 if TYPE_CHECKING:
@@ -274,19 +275,40 @@ class Job:
             if exc_type is None:
                 raise
             logger.error("could not record the crash of job %s: its lease was lost", self.id)
-        except TypeError as error:
-            # Unstorable results: record the job as CRASHED (keeping what was
-            # stored before) rather than leaving it RUNNING, then tell the user.
-            self.status = Job.CRASHED
-            self.error = str(error)
-            self._storage.update_job(
-                self.experiment.name,
-                self.id,
-                JobUpdate(status=Job.CRASHED, error=self.error),
-                lease_token=self._lease_token,
-            )
-            self._lease_token = None
-            raise
+        except TypeError:
+            self._end_with_what_can_be_stored(exc_type is None)
+
+    def _end_with_what_can_be_stored(self, raise_error: bool) -> None:
+        """A value cannot be stored as the job ends: store everything else,
+        CRASHED with the values left out named, rather than lose a finished
+        training's results or leave the job RUNNING; then tell the user."""
+        hyperparameters, left_out = _values.storable_part(self.hyperparameters, "hyperparameters")
+        results, more = _values.storable_part(self.results, "results")
+        left_out += more
+        message = (
+            "job results that cannot be stored were left out: "
+            + "; ".join(left_out)
+            + ". Use JSON values (numbers, strings, booleans, None, lists and dicts of them, "
+            "numpy arrays)"
+        )
+        if self.status == Job.CRASHED and self.error:
+            message = f"{message}\n{self.error}"
+        self.status = Job.CRASHED
+        self.error = message[-4000:]
+        self._storage.update_job(
+            self.experiment.name,
+            self.id,
+            JobUpdate(
+                status=Job.CRASHED,
+                hyperparameters=hyperparameters,
+                results=results,
+                error=self.error,
+            ),
+            lease_token=self._lease_token,
+        )
+        self._lease_token = None
+        if raise_error:
+            raise TypeError(message) from None
 
     def __repr__(self) -> str:
         return (

@@ -208,13 +208,96 @@ def test_unstorable_value_names_key_and_writes_nothing(db: schedy.SchedyDB) -> N
         experiment.add_job(hyperparameters={"ok": 1, "bad": object()})
     assert list(experiment.all_jobs()) == []
     experiment.add_job(hyperparameters={"x": 1})
-    with pytest.raises(TypeError, match=r"results\['model'\]\[1\]"), experiment.next_job() as job:
+    with experiment.next_job() as job:
         job.results["fine"] = 1.0
+        job.put()
         job.results["model"] = [1, {1, 2}]
+        with pytest.raises(TypeError, match=r"results\['model'\]\[1\]"):
+            job.put()  # a put is all or nothing
+        assert experiment.get_job(job.id).results == {"fine": 1.0}
+        del job.results["model"]
+    assert experiment.get_job(job.id).status == schedy.Job.DONE
+
+
+def test_an_unstorable_value_at_exit_keeps_every_other_result(db: schedy.SchedyDB) -> None:
+    # The loss and checkpoint path of a finished training must not be lost
+    # because one more value cannot be stored: it is left out and named.
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(TypeError, match=r"results\['conf'\]"), experiment.next_job() as job:
+        job.results["loss"] = 0.5
+        job.results["model_path"] = "checkpoints/a.pt"
+        job.results["conf"] = {1, 2}
+        job.results["nested"] = {"ok": 1, "bad": object()}
     stored = experiment.get_job(job.id)
     assert stored.status == schedy.Job.CRASHED
-    assert stored.results == {}  # nothing half-written
-    assert "results['model'][1]" in (stored.error or "")
+    assert stored.results == {"loss": 0.5, "model_path": "checkpoints/a.pt", "nested": {"ok": 1}}
+    assert "results['conf']" in (stored.error or "")
+    assert "results['nested']['bad']" in (stored.error or "")
+
+
+def test_numpy_arrays_are_stored_as_nested_lists(db: schedy.SchedyDB) -> None:
+    np = pytest.importorskip("numpy")
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"layers": np.array([64, 32])})
+    with experiment.next_job() as job:
+        job.results["conf"] = np.ones(3)
+        job.results["matrix"] = np.arange(4, dtype=np.int32).reshape(2, 2)
+        job.results["empty"] = np.zeros((0, 2))
+    stored = experiment.get_job(job.id)
+    assert stored.status == schedy.Job.DONE
+    assert stored.hyperparameters == {"layers": [64, 32]}
+    assert stored.results == {"conf": [1.0, 1.0, 1.0], "matrix": [[0, 1], [2, 3]], "empty": []}
+
+
+def test_a_retried_first_job_starts_from_what_it_was_created_with(db: schedy.SchedyDB) -> None:
+    # The original client's worker pattern writes the checkpoint path before
+    # saving: a crash in between must not hand the retry a file never written.
+    experiment = _pbt(population=2)
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"lr": 0.01}, results={"model_path": "pretrained.pt"})
+    crashed = {}
+    for _ in range(2):
+        with pytest.raises(RuntimeError), experiment.next_job() as job:
+            crashed[job.member] = job.results.copy()
+            job.results["model_path"] = f"never-saved-{job.id}.pt"
+            job.results["acc"] = 0.5
+            job.put()
+            raise RuntimeError("killed before saving")
+    assert crashed == {0: {"model_path": "pretrained.pt"}, 1: {}}
+    retries = {job.member: job for job in (experiment.next_job(), experiment.next_job())}
+    assert retries[0].results == {"model_path": "pretrained.pt"}  # the hand-queued results
+    assert retries[1].results == {}  # a sampled member starts with none
+    assert retries[0].hyperparameters == {"lr": 0.01}
+    for job in retries.values():
+        assert job.generation == 0 and job.parent_id is None
+        job.results["acc"] = 0.1
+        job.status = schedy.Job.DONE
+        job.put()
+
+
+def test_a_crashed_copy_is_never_continued(db: schedy.SchedyDB) -> None:
+    # A member that keeps crashing copies a top member; when the copy crashes
+    # too, the next one starts from the source again, never from the crash.
+    experiment = _pbt(population=2, max_member_crashes=1)
+    db.add_experiment(experiment)
+    with experiment.next_job() as good:
+        good.results.update(acc=0.9, model_path="good.pt")
+    with pytest.raises(RuntimeError), experiment.next_job() as bad:
+        raise RuntimeError("first job of member 1")
+    held = experiment.next_job()  # member 0 continues (it waited longest) and stays busy
+    assert held.member == good.member
+    for _ in range(2):
+        with pytest.raises(RuntimeError), experiment.next_job() as copy:
+            assert copy.member == bad.member and copy.exploited_from == good.id
+            assert copy.results["model_path"] == "good.pt"
+            copy.results["model_path"] = "never-saved.pt"
+            copy.put()
+            raise RuntimeError("the copy crashes too")
+    held.status = schedy.Job.DONE
+    held.put()
 
 
 # -- claims and leases -------------------------------------------------------
