@@ -11,8 +11,8 @@ import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from ._records import JobRecord, JobStatus, JobUpdate
 from . import _values
+from ._records import JobRecord, JobStatus, JobUpdate
 from .errors import UnsafeUpdateError
 
 if TYPE_CHECKING:
