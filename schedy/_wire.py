@@ -55,7 +55,28 @@ __all__ = [
     "JobChange",
     "LeaseRenewal",
     "NewJob",
+    "RequestBody",
     "WireError",
+    "body",
+    "decode",
+    "decode_claim",
+    "decode_error",
+    "decode_experiment",
+    "decode_experiments",
+    "decode_job",
+    "decode_jobs",
+    "decode_members",
+    "decode_renewed",
+    "encode",
+    "encode_claim",
+    "encode_error",
+    "encode_experiment",
+    "encode_job",
+    "encode_member",
+    "encode_renewed",
+    "error_entry",
+    "hello",
+    "is_hello",
 ]
 
 #: Every endpoint's path starts with this; a new, incompatible API gets a new one.
@@ -126,10 +147,9 @@ def decode_error(status: int, payload: Any) -> Exception | None:
     if not isinstance(error, dict):
         return None
     message = str(error.get("message") or f"HTTP {status}")
-    kind = error.get("type")
-    return (
-        _BY_NAME.get(kind, ServerError)(message) if isinstance(kind, str) else ServerError(message)
-    )
+    name = error.get("type")
+    kind = _BY_NAME.get(name, ServerError) if isinstance(name, str) else ServerError
+    return kind(message)
 
 
 # -- records (answers) -------------------------------------------------------------
@@ -311,6 +331,9 @@ class LeaseRenewal:
     lease_seconds: float
 
 
-def body(request: ExperimentChange | NewJob | JobChange | ClaimRequest | LeaseRenewal) -> Any:
+RequestBody = ExperimentChange | NewJob | JobChange | ClaimRequest | LeaseRenewal
+
+
+def body(request: RequestBody) -> dict[str, Any]:
     """A request body as the JSON object sent."""
     return dataclasses.asdict(request)

@@ -81,8 +81,7 @@ class _ConnectRetry(Retry):
             other=0,
             allowed_methods=None,  # any method: the request never went out
             status_forcelist=None,
-            backoff_factor=_BACKOFF_FACTOR_S,
-            backoff_max=_BACKOFF_MAX_S,
+            backoff_factor=_BACKOFF_FACTOR_S,  # capped in get_backoff_time (urllib3 1.26 too)
             raise_on_status=False,
             respect_retry_after_header=False,
         )
@@ -111,7 +110,7 @@ class _ConnectRetry(Retry):
         return past or super().is_exhausted()
 
     def get_backoff_time(self) -> float:
-        backoff = super().get_backoff_time()
+        backoff = min(super().get_backoff_time(), _BACKOFF_MAX_S)
         if self.deadline is None:
             return backoff
         return max(0.0, min(backoff, self.deadline - time.monotonic()))
