@@ -71,11 +71,14 @@ def _open_storage(url: str, options: dict[str, Any]) -> Storage:
         url = "sqlite:///" + url
     elif scheme not in _SQL_SCHEMES:
         raise ValueError(
-            f"unsupported store URL {url!r}: use sqlite:///path.db, postgresql://user@host/db "
-            "or http(s)://host:port (a schedy server)"
+            f"unsupported store URL {url!r}: use sqlite:///path.db, postgresql://user@host/db, "
+            "mysql://user@host/db (MariaDB or MySQL) or http(s)://host:port (a schedy server)"
         )
     elif url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
+    elif scheme in ("mysql", "mariadb") and url.split("://", 1)[0].lower() == scheme:
+        # No driver named: the pure-Python one that `schedy[mysql]` installs.
+        url = f"{scheme}+pymysql://" + url.split("://", 1)[1]
     return SQLStorage(url, **options)
 
 

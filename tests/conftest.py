@@ -1,8 +1,10 @@
 """Shared fixtures: one ``store_url`` fixture parametrized over every backend.
 
 PostgreSQL tests use a throw-away database on ``$SCHEDY_TEST_POSTGRES``
-(default ``postgresql://postgres@127.0.0.1:5432/postgres`` as admin) and skip
-with the reason when it cannot be reached, so the suite passes on a laptop.
+(default ``postgresql://postgres@127.0.0.1:5432/postgres`` as admin), MariaDB
+(or MySQL) tests one on ``$SCHEDY_TEST_MARIADB`` (default
+``mysql+pymysql://root@127.0.0.1:3306/test``); each skips with the reason
+when its server cannot be reached, so the suite passes on a laptop.
 """
 
 from __future__ import annotations
@@ -25,8 +27,42 @@ if TYPE_CHECKING:
 POSTGRES_ADMIN_URL = os.environ.get(
     "SCHEDY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
+MARIADB_ADMIN_URL = os.environ.get(
+    "SCHEDY_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
 
 _postgres_state: dict[str, object] = {}
+_mariadb_state: dict[str, object] = {}
+
+
+def _mariadb_database() -> str:
+    """Create (once per session) a scratch MariaDB database and return its URL, or skip."""
+    if "skip" in _mariadb_state:
+        pytest.skip(str(_mariadb_state["skip"]))
+    if "url" in _mariadb_state:
+        return str(_mariadb_state["url"])
+    try:
+        import pymysql  # noqa: F401
+        import sqlalchemy as sa
+    except ImportError as error:
+        _mariadb_state["skip"] = f"MariaDB tests need pymysql: {error}"
+        pytest.skip(str(_mariadb_state["skip"]))
+    name = f"schedy_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        admin.dispose()
+    except Exception as error:  # unreachable server, bad credentials...
+        _mariadb_state["skip"] = (
+            f"MariaDB unreachable at {MARIADB_ADMIN_URL} ({type(error).__name__}); "
+            "set SCHEDY_TEST_MARIADB to an admin URL to run these tests"
+        )
+        pytest.skip(str(_mariadb_state["skip"]))
+    url = MARIADB_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    _mariadb_state["url"] = url
+    _mariadb_state["name"] = name
+    return url
 
 
 def _postgres_database() -> str:
@@ -59,29 +95,35 @@ def _postgres_database() -> str:
     return url
 
 
-def _reset_postgres(url: str) -> None:
+def _reset_database(url: str) -> None:
+    """Drop schedy's tables, so each test starts from an empty store."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url)
+    cascade = " CASCADE" if url.startswith("postgresql") else ""
     with engine.begin() as connection:
         for table in ("schedy_members", "schedy_jobs", "schedy_experiments", "schedy_meta"):
-            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table} CASCADE")
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}{cascade}")
     engine.dispose()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    name = _postgres_state.get("name")
-    if not name:
-        return
     import sqlalchemy as sa
 
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    for state, admin_url, statement in (
+        (_postgres_state, POSTGRES_ADMIN_URL, 'DROP DATABASE IF EXISTS "{}" WITH (FORCE)'),
+        (_mariadb_state, MARIADB_ADMIN_URL, "DROP DATABASE IF EXISTS `{}`"),
+    ):
+        name = state.get("name")
+        if not name:
+            continue
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(statement.format(name))
+        admin.dispose()
 
 
-BACKENDS = ["sqlite", "postgresql", "http"]
+BACKENDS = ["sqlite", "postgresql", "mariadb", "http"]
 
 #: The token of the schedy servers the tests start.
 SERVER_TOKEN = "test-token-0123456789"
@@ -148,7 +190,11 @@ def store_url(
         yield f"sqlite:///{tmp_path}/schedy.db"
     elif request.param == "postgresql":
         url = _postgres_database()
-        _reset_postgres(url)
+        _reset_database(url)
+        yield url
+    elif request.param == "mariadb":
+        url = _mariadb_database()
+        _reset_database(url)
         yield url
     else:
         monkeypatch.setenv("SCHEDY_TOKEN", SERVER_TOKEN)
@@ -160,7 +206,15 @@ def store_url(
 def postgres_url() -> str:
     """A fresh PostgreSQL store, for what only a database server can do (or skip)."""
     url = _postgres_database()
-    _reset_postgres(url)
+    _reset_database(url)
+    return url
+
+
+@pytest.fixture
+def mariadb_url() -> str:
+    """A fresh MariaDB store (or skip)."""
+    url = _mariadb_database()
+    _reset_database(url)
     return url
 
 
@@ -170,6 +224,16 @@ def postgres_admin() -> Iterator[sa.Engine]:
     import sqlalchemy as sa
 
     engine = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def mariadb_admin() -> Iterator[sa.Engine]:
+    """An autocommit engine on the MariaDB admin database (after ``mariadb_url``)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT")
     yield engine
     engine.dispose()
 

@@ -1,10 +1,12 @@
-"""What only a database server does: connections that die under a running worker.
+"""What only a database server does: connections that die under a running worker,
+and a lease clock that is the server's.
 
-A PostgreSQL restart, a proxy's or the server's idle timeout, or an
-administrator's ``pg_terminate_backend`` closes the connections a worker
-keeps in its pool. Nothing was being written on them, so the next call must
-just work on a fresh connection -- no ping before every transaction, no
-error shown -- and nothing already stored may be lost.
+A database restart, a proxy's or the server's idle timeout, or an
+administrator's ``pg_terminate_backend`` / ``KILL`` closes the connections a
+worker keeps in its pool. Nothing was being written on them, so the next
+call must just work on a fresh connection -- no ping before every
+transaction, no error shown -- and nothing already stored may be lost. Each
+test runs on PostgreSQL and MariaDB where it applies.
 """
 
 from __future__ import annotations
@@ -18,14 +20,38 @@ from schedy.errors import StorageError
 
 def _drop_connections(admin: sa.Engine, url: str) -> int:
     """Terminate every connection to the database of ``url``; return how many."""
+    name = sa.engine.make_url(url).database
     with admin.connect() as connection:
-        return len(
+        if admin.dialect.name == "postgresql":
+            return len(
+                connection.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %(name)s AND pid <> pg_backend_pid()",
+                    {"name": name},
+                ).all()
+            )
+        ids = (
             connection.exec_driver_sql(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %(name)s AND pid <> pg_backend_pid()",
-                {"name": sa.engine.make_url(url).database},
-            ).all()
+                "SELECT id FROM information_schema.processlist WHERE db = %(name)s "
+                "AND id <> CONNECTION_ID()",
+                {"name": name},
+            )
+            .scalars()
+            .all()
         )
+        for connection_id in ids:
+            connection.exec_driver_sql(f"KILL {int(connection_id)}")
+        return len(ids)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db(request: pytest.FixtureRequest) -> tuple[str, sa.Engine]:
+    """``(store URL, admin engine)`` of a fresh store on each database server (or skip)."""
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        return url, request.getfixturevalue("postgres_admin")
+    url = request.getfixturevalue("mariadb_url")
+    return url, request.getfixturevalue("mariadb_admin")
 
 
 def _pbt() -> schedy.PopulationBasedTraining:
@@ -42,20 +68,21 @@ def _pbt() -> schedy.PopulationBasedTraining:
 
 
 def test_dropped_connections_are_replaced_without_an_error(
-    postgres_url: str, postgres_admin: sa.Engine
+    server_db: tuple[str, sa.Engine],
 ) -> None:
-    with schedy.SchedyDB(postgres_url) as db:
+    url, admin = server_db
+    with schedy.SchedyDB(url) as db:
         db.add_experiment(_pbt())
         experiment = db.get_experiment("pbt")
         finished = []
         for step in range(6):
             # The pool holds at least one connection: kill them all.
-            assert _drop_connections(postgres_admin, postgres_url) >= 1
+            assert _drop_connections(admin, url) >= 1
             with experiment.next_job() as job:  # claim: the hot path's raw connection
                 job.results["acc"] = 0.1 * step
                 job.put()  # an update in the middle of the job
             finished.append(job.id)
-            _drop_connections(postgres_admin, postgres_url)
+            _drop_connections(admin, url)
             assert db.get_experiment("pbt").get_job(job.id).status == schedy.Job.DONE
         # Every claim and finish landed once: six DONE jobs, in one lineage per member.
         jobs = {job.id: job for job in experiment.all_jobs()}
@@ -88,8 +115,21 @@ def test_a_database_that_stays_down_is_a_clear_error(
         assert experiment.get_job(job.id).status == schedy.Job.DONE
 
 
+#: (statement showing that some transaction waits for a lock, the server's clock now)
+_LOCK_WAIT = {
+    "postgresql": (
+        "SELECT count(*) FROM pg_locks WHERE NOT granted",
+        "SELECT extract(epoch from clock_timestamp())",
+    ),
+    "mysql": (
+        "SELECT count(*) FROM information_schema.innodb_trx WHERE trx_state = 'LOCK WAIT'",
+        "SELECT UNIX_TIMESTAMP(SYSDATE(6))",
+    ),
+}
+
+
 def test_a_claim_that_waited_for_the_lock_is_stamped_after_the_wait(
-    postgres_url: str, postgres_admin: sa.Engine
+    server_db: tuple[str, sa.Engine],
 ) -> None:
     # Lease and lineage times come from the server's clock. A claim that
     # queued behind another transaction must read the clock once it holds
@@ -97,13 +137,18 @@ def test_a_claim_that_waited_for_the_lock_is_stamped_after_the_wait(
     import threading
     import time
 
-    with schedy.SchedyDB(postgres_url) as db:
+    url, admin = server_db
+    waiting, clock = _LOCK_WAIT["postgresql" if admin.dialect.name == "postgresql" else "mysql"]
+    with schedy.SchedyDB(url) as db:
         db.add_experiment(_pbt())
         experiment = db.get_experiment("pbt")
-        engine = sa.create_engine(postgres_url)
+        engine = sa.create_engine(url)
         claimed: list[schedy.Job] = []
         try:
             with engine.connect() as holder:
+                if engine.dialect.name != "postgresql":
+                    holder.exec_driver_sql("SET time_zone = '+00:00'")
+                    holder.commit()
                 transaction = holder.begin()
                 holder.exec_driver_sql(
                     "SELECT id FROM schedy_experiments WHERE name = 'pbt' FOR UPDATE"
@@ -111,15 +156,12 @@ def test_a_claim_that_waited_for_the_lock_is_stamped_after_the_wait(
                 claimer = threading.Thread(target=lambda: claimed.append(experiment.next_job()))
                 claimer.start()
                 deadline = time.monotonic() + 30
-                with postgres_admin.connect() as watch:  # wait until the claim is queued
-                    while not watch.exec_driver_sql(
-                        "SELECT count(*) FROM pg_locks WHERE NOT granted"
-                    ).scalar():
+                with admin.connect() as watch:  # wait until the claim is queued
+                    while not watch.exec_driver_sql(waiting).scalar():
                         assert time.monotonic() < deadline, "the claim never waited"
                         time.sleep(0.01)
-                released = holder.exec_driver_sql(
-                    "SELECT extract(epoch from clock_timestamp())"
-                ).scalar()
+                time.sleep(0.05)  # a clock read before the wait would now be 50 ms behind
+                released = holder.exec_driver_sql(clock).scalar()
                 transaction.commit()
                 claimer.join(timeout=30)
         finally:
