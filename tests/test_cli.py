@@ -687,6 +687,7 @@ OPTIONS_AROUND_THE_NAME = [
     (["W", "--timeout=5", "--ignore-errors", "--once", "TRAIN"], [], ["DONE", "QUEUED"]),
     (["--timeout", "5", "W", "--onc", "TRAIN", "-h"], ["-h"], ["DONE", "QUEUED"]),  # abbreviated
     (["W", "TRAIN"], [], ["DONE", "DONE"]),
+    (["--once", "--", "W", "TRAIN", "--once"], ["--once"], ["DONE", "QUEUED"]),  # NAME after --
 ]
 
 

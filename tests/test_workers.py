@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import schedy
+from schedy import _processes
 from schedy._workers import detect_gpus
 
 pytestmark = pytest.mark.slow
@@ -164,3 +165,57 @@ def test_schedy_worker_command(store_url: str, tmp_path: Path) -> None:
 def test_missing_worker_command_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot start worker command 'no-such-program'"):
         schedy.run_workers(["no-such-program"], "pbt", workers=2, gpus=[])
+
+
+# -- the supervision schedy run and run_workers share (schedy._processes) ------------
+
+STUBBORN = textwrap.dedent(
+    """
+    import signal, sys, time
+    ignored = sys.argv[1:]  # the signals this child ignores: INT, TERM
+    for name in ignored:
+        signal.signal(getattr(signal, "SIG" + name), signal.SIG_IGN)
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    except KeyboardInterrupt:
+        print("last words", flush=True)
+        sys.exit(130)
+    """
+)
+
+
+def _child(*ignored: str) -> subprocess.Popen[bytes]:
+    """A child in a session of its own (so no terminal Ctrl-C reaches it), once it is ready."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN, *ignored], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+    return child
+
+
+@pytest.mark.parametrize(
+    ("ignored", "code"),
+    [
+        ((), 130),  # Ctrl-C passed on: it ends cleanly, within the grace period
+        (("INT",), -signal.SIGTERM),  # then SIGTERM
+        (("INT", "TERM"), -signal.SIGKILL),  # then SIGKILL
+    ],
+)
+def test_stop_escalates_from_ctrl_c_to_kill(
+    monkeypatch: pytest.MonkeyPatch, ignored: tuple[str, ...], code: int
+) -> None:
+    monkeypatch.setattr(_processes, "TERMINATE_SECONDS", 0.5)
+    child = _child(*ignored)
+    said: list[bytes] = []
+    started = time.monotonic()
+    _processes.stop([child], grace=0.5 if ignored else 30, output=said.append)
+    assert time.monotonic() - started < 10
+    assert not _processes.alive(child) and _processes.exit_code(child) == code
+    assert (b"".join(said) == b"last words\n") == (not ignored)  # its output passed on
+
+
+def test_describe_exit() -> None:
+    assert _processes.describe_exit(3) == "exited with status 3"
+    assert _processes.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
+    assert _processes.describe_exit(-99) == "was killed by signal 99"

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import TypeAlias
 
 from ..db import SchedyDB, _resolve_url, _sqlite_file
 from ..errors import SchedyError
 
-__all__ = ["Commands", "Handler", "Store", "UsageError", "emit", "note"]
+__all__ = ["Commands", "Store", "UsageError", "emit", "note"]
 
 
 class UsageError(Exception):
@@ -57,8 +56,6 @@ class Store:
 
 #: The ``schedy COMMAND`` subparsers, to which each command module's ``setup`` adds its own.
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-#: What a command runs (``set_defaults(handler=…)``): its exit status.
-Handler: TypeAlias = Callable[[argparse.Namespace, Store], int]
 
 
 def emit(text: str) -> None:

@@ -151,8 +151,8 @@ def _split_command(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse, placing what argparse alone would not: a command after options, triples after
-    options."""
+    """Parse ``argv``, placing what argparse alone cannot: the command of run and worker
+    (see :func:`_split_command`) and HP DIST PARAMS triples that follow options."""
     parser, commands = _build_parser()
     words = list(sys.argv[1:] if argv is None else argv)
     command: list[str] | None = None
