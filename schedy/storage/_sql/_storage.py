@@ -182,7 +182,8 @@ class SQLStorage(Storage):
             "start_results": None,
         }
         row.update(values)
-        row.setdefault("id", _new_job_id())
+        if row.get("id") is None:
+            row["id"] = _new_job_id()
         sql.INSERT_JOB.run(transaction, row)
         return str(row["id"])
 

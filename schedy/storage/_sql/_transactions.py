@@ -292,7 +292,7 @@ class Database:
     def _retry(self, begin: Callable[[], Any], body: Callable[[Any], T]) -> T:
         """Driver errors arrive either wrapped by SQLAlchemy (``DBAPIError``) or
         raw from the DBAPI cursor; both are handled here, once."""
-        backoff = Backoff(0.002, 0.25, budget=CONTENTION_BUDGET_S, jitter=0.5)
+        backoff: Backoff | None = None  # made on the first contention: most calls meet none
         reconnects = 0
         while True:
             try:
@@ -311,6 +311,8 @@ class Database:
             except (SQLAlchemyError, self._dbapi_error) as error:
                 original = error.orig if isinstance(error, DBAPIError) else error
                 if not isinstance(error, SQLAlchemyError) or isinstance(error, DBAPIError):
+                    if backoff is None:
+                        backoff = Backoff(0.002, 0.25, budget=CONTENTION_BUDGET_S, jitter=0.5)
                     if is_contention(original):
                         if backoff.wait():
                             continue
