@@ -94,7 +94,8 @@ class SchedyDB:
     mid-job frees its PBT member that long after its last heartbeat. Other
     options go to the backend: for SQL, SQLAlchemy ``create_engine``
     arguments; for a schedy server, ``token`` (default ``$SCHEDY_TOKEN``),
-    ``timeout`` (seconds per request) and ``verify`` (the CA bundle of an
+    ``timeout`` (seconds per request), ``retry_seconds`` (how long a request
+    that cannot connect is retried, default 10) and ``verify`` (the CA bundle of an
     HTTPS server's certificate; default the system's or ``$REQUESTS_CA_BUNDLE``).
     """
 

@@ -143,3 +143,56 @@ def test_each_layer_imports_only_what_is_below_it(layer: str) -> None:
         if any(_in(target, prefix) for prefix in forbidden) and not _in(target, layer)
     )
     assert wrong == []
+
+
+def test_a_new_kind_is_one_scheduler_subclass(tmp_path: pathlib.Path) -> None:
+    # What the next kinds (PB2, successive halving, replay) need: a registered
+    # Scheduler; the storage runs it unchanged, members and all.
+    from collections.abc import Mapping
+    from typing import Any
+
+    from schedy._records import ExperimentRecord
+    from schedy._scheduling import CreateJob, Decision, Scheduler, SchedulingState, register
+    from schedy._scheduling._protocol import _KINDS
+
+    @register
+    class Ladder(Scheduler):
+        """Member i trains with lr = 10**-i, continuing its own head."""
+
+        kind = "test-ladder"
+
+        @classmethod
+        def from_config(cls, config: Mapping[str, Any]) -> Ladder:
+            return cls()
+
+        def to_config(self) -> dict[str, Any]:
+            return {}
+
+        def decide(self, state: SchedulingState) -> Decision:
+            if len(state.members) < 2:
+                index = len(state.members)
+                return CreateJob({"lr": 10.0**-index}, member=index, generation=0)
+            member = min((m for m in state.members if m.ready), key=lambda m: m.ready_since)
+            head = state.load_job(member.head_id or "")
+            return CreateJob(
+                head.hyperparameters,
+                head.results,
+                member=member.index,
+                generation=(member.head_generation or 0) + 1,
+                parent_id=head.id,
+            )
+
+    try:
+        db = schedy.SchedyDB(f"sqlite:///{tmp_path}/kinds.db")
+        db._storage.create_experiment(ExperimentRecord("ladder", "test-ladder", "RUNNING", {}))
+        experiment = db.get_experiment("ladder")
+        assert type(experiment) is schedy.Experiment  # no public class needed to run it
+        for step in range(6):
+            with experiment.next_job() as job:
+                job.results["step"] = step
+        lineage = [(job.member, job.generation) for job in experiment.all_jobs()]
+        assert lineage == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+        assert [member.head_generation for member in experiment.population()] == [2, 2]
+        db.close()
+    finally:
+        del _KINDS["test-ladder"]

@@ -227,12 +227,13 @@ class Scheduler(abc.ABC):
         if isinstance(decision, (TakeQueued, CreateJob)):
             plan.job_id = decision.job_id if isinstance(decision, TakeQueued) else state.new_job_id
             if decision.member is not None:
-                before = next((m for m in state.members if m.index == decision.member), None)
-                source = None
-                if isinstance(decision, CreateJob) and decision.source_member is not None:
-                    source = next(
-                        (m for m in state.members if m.index == decision.source_member), None
-                    )
+                before = source = None
+                source_index = decision.source_member if isinstance(decision, CreateJob) else None
+                for member in state.members:  # a plain loop: this runs inside the write lock
+                    if member.index == decision.member:
+                        before = member
+                    elif member.index == source_index:
+                        source = member
                 after = self.member_claimed(before, decision.member, plan.job_id, source)
                 written[decision.member] = (written.get(decision.member, (before,))[0], after)
         plan.members = list(written.values())

@@ -52,6 +52,8 @@ __all__ = ["SQLStorage"]
 logger = logging.getLogger(__name__)
 
 _ENDED = (JobStatus.DONE, JobStatus.CRASHED, JobStatus.PRUNED)
+#: A stored status as its enum (one dict lookup on the hot path).
+_STATUS = {status.value: status for status in JobStatus}
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 #: The largest finite double: MariaDB/MySQL cannot store an infinite score.
 _FLOAT_MAX = 1.7976931348623157e308
@@ -85,6 +87,10 @@ class SQLStorage(Storage):
     def __init__(self, url: str, *, echo: bool = False, **engine_options: Any) -> None:
         self.url = url
         self._db = Database(url, echo, engine_options)
+        #: Locked? -> the statement reading an experiment row (and the clock).
+        self._experiment_statements = {
+            lock: sql.experiment_statement(self._db.dialect, lock) for lock in (False, True)
+        }
         self._schedulers: dict[tuple[str, str], Scheduler] = {}
         self._cache_lock = threading.Lock()
         self._ensure_schema()
@@ -113,7 +119,7 @@ class SQLStorage(Storage):
 
     # -- helpers -------------------------------------------------------------------
     def _experiment_row(self, transaction: Transaction, name: str, lock: bool) -> Any:
-        row = sql.experiment_statement(self._db.dialect, lock).first(transaction, {"name": name})
+        row = self._experiment_statements[lock].first(transaction, {"name": name})
         if row is None:
             raise NotFoundError(
                 f"no experiment named {name!r} in {self._safe_url()}; "
@@ -145,7 +151,7 @@ class SQLStorage(Storage):
         return JobRecord(
             id=row.id,
             experiment=experiment,
-            status=job_status(row.status),
+            status=_STATUS.get(row.status, row.status),
             hyperparameters=_values.loads(row.hyperparameters),
             results=_values.loads(row.results),
             member=row.member,

@@ -283,20 +283,21 @@ class Database:
 
     def run(self, body: Callable[[Transaction], T], write: bool = True) -> T:
         """Run ``body`` in one raw transaction, retrying it on lock contention."""
-        return self._retry(lambda: self._raw_transaction(write), body)
+        return self._retry(body, write, core=False)
 
     def run_core(self, body: Callable[[Connection], T], write: bool = True) -> T:
         """:meth:`run` for schema work, on an SQLAlchemy ``Connection``."""
-        return self._retry(lambda: self._core_transaction(write), body)
+        return self._retry(body, write, core=True)
 
-    def _retry(self, begin: Callable[[], Any], body: Callable[[Any], T]) -> T:
+    def _retry(self, body: Callable[[Any], T], write: bool, core: bool) -> T:
         """Driver errors arrive either wrapped by SQLAlchemy (``DBAPIError``) or
         raw from the DBAPI cursor; both are handled here, once."""
         backoff: Backoff | None = None  # made on the first contention: most calls meet none
         reconnects = 0
         while True:
             try:
-                with begin() as transaction:
+                begin = self._core_transaction if core else self._raw_transaction
+                with begin(write) as transaction:
                     return body(transaction)
             except _ConnectionLost as lost:
                 # Nothing was written: re-run on a fresh connection (a pooled
