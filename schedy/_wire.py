@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _values
-from ._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord
+from ._records import Claim, ExperimentRecord, JobRecord, JobStatus, JobUpdate, MemberRecord
 from .errors import (
     AuthenticationError,
     NotFoundError,
@@ -269,7 +269,7 @@ class ExperimentChange:
 class NewJob:
     """``POST /jobs``: a job to add."""
 
-    status: str = "QUEUED"
+    status: str = JobStatus.QUEUED.value
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 

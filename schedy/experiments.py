@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from ._backoff import Backoff
-from ._records import ExperimentRecord, ExperimentStatus, MemberRecord, experiment_status
+from ._records import ExperimentRecord, ExperimentStatus, JobStatus, MemberRecord, experiment_status
 from ._scheduling import ManualScheduler, PBTScheduler, RandomScheduler, Scheduler, scheduler_for
 from .errors import NoJobError
 from .jobs import Job
@@ -128,7 +128,7 @@ class Experiment:
     def add_job(
         self,
         hyperparameters: Mapping[str, Any] | None = None,
-        status: str = "QUEUED",
+        status: str = JobStatus.QUEUED,
         results: Mapping[str, Any] | None = None,
     ) -> Job:
         """Add a job by hand; a QUEUED job is handed out by ``next_job`` first."""

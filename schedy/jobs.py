@@ -126,7 +126,7 @@ class Job:
         job_id: str,
         experiment: Experiment,
         hyperparameters: dict[str, Any],
-        status: str = "QUEUED",
+        status: str = JobStatus.QUEUED,
         results: dict[str, Any] | None = None,
     ) -> None:
         self.id = job_id
