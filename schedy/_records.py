@@ -24,7 +24,14 @@ __all__ = [
     "JobStatus",
     "JobUpdate",
     "MemberRecord",
+    "TokenRecord",
+    "TokenRole",
+    "check_lease_seconds",
+    "check_name",
 ]
+
+#: Longest experiment (and token) name every database stores (its column's size).
+MAX_NAME_LENGTH = 255
 
 
 class JobStatus(StrEnum):
@@ -47,6 +54,58 @@ class ExperimentStatus(StrEnum):
 
     RUNNING = "RUNNING"
     DONE = "DONE"
+
+
+class TokenRole(StrEnum):
+    """What a server token may do (each role may do what the roles after it may)."""
+
+    #: Everything: create and delete experiments, manage tokens.
+    ADMIN = "admin"
+    #: What a worker does: read, claim jobs, renew leases and report results.
+    WORKER = "worker"
+    #: Read only (a dashboard, a report).
+    READ = "read"
+
+
+def check_name(name: object, what: str = "an experiment name") -> str:
+    """A name every backend can store alike: a non-empty string of at most 255
+    characters, without NUL (PostgreSQL refuses it; SQLite would keep it)."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{what} must be a non-empty string, not {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"{what} may have at most {MAX_NAME_LENGTH} characters, not {len(name)}: {name[:40]!r}…"
+        )
+    if "\x00" in name:
+        raise ValueError(f"{what} may not contain a NUL character: {name!r}")
+    return name
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` could name a stored experiment (else a lookup finds nothing)."""
+    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and "\x00" not in name
+
+
+#: The longest lease a job may hold: a lost worker's member waits at most this long.
+MAX_LEASE_SECONDS = 7 * 24 * 3600.0
+
+
+def check_lease_seconds(value: object, what: str = "lease_seconds") -> float:
+    """A lease duration: a finite number of seconds in (0, a week]; ValueError otherwise.
+
+    An infinite lease would keep a SIGKILLed worker's job RUNNING forever and
+    its population member with it.
+    """
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds, not {value!r}") from None
+    if isinstance(value, bool) or not 0 < seconds <= MAX_LEASE_SECONDS:
+        raise ValueError(
+            f"{what} must be a finite number of seconds > 0 and at most "
+            f"{MAX_LEASE_SECONDS:.0f} (a week), not {value!r}"
+        )
+    return seconds
 
 
 #: Plain string -> member: turning a stored status into its enum is one dict lookup.
@@ -152,6 +211,16 @@ class Claim:
     job: JobRecord | None
     wait: bool = False
     reason: str = ""
+
+
+@dataclass
+class TokenRecord:
+    """A server token as stored: its name and role; the secret itself is never kept."""
+
+    name: str
+    role: str
+    created_at: float
+    revoked_at: float | None = None
 
 
 @dataclass

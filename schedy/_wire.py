@@ -318,9 +318,11 @@ class JobChange:
 
 @dataclass
 class ClaimRequest:
-    """``POST /claim``: how long the claimed job's lease lasts, in seconds."""
+    """``POST /claim``: how long the claimed job's lease lasts, in seconds, and
+    the claim's request id (a retried claim with the same id gets the same job)."""
 
     lease_seconds: float
+    request_id: str | None = None
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._records import check_lease_seconds
 from .experiments import Experiment, _experiment_from_record
 from .storage._base import Storage
 
@@ -20,12 +21,7 @@ def _lease_from_environment() -> float:
     text = os.environ.get("SCHEDY_LEASE_SECONDS")
     if not text:
         return 60.0
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(
-            f"$SCHEDY_LEASE_SECONDS must be a number of seconds, not {text!r}"
-        ) from None
+    return check_lease_seconds(text if text.strip() else None, "$SCHEDY_LEASE_SECONDS")
 
 
 def _resolve_url(url: str | None) -> str:
@@ -107,10 +103,8 @@ class SchedyDB:
             raise TypeError(f"url must be a non-empty string, not {url!r}")
         if lease_seconds is None:
             lease_seconds = _lease_from_environment()
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self.url = url
-        self._lease_seconds = float(lease_seconds)
+        self._lease_seconds = check_lease_seconds(lease_seconds)
         self._storage = _open_storage(url, options)
 
     def add_experiment(self, exp: Experiment) -> None:

@@ -14,7 +14,15 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from ._backoff import Backoff
-from ._records import ExperimentRecord, ExperimentStatus, JobStatus, MemberRecord, experiment_status
+from ._records import (
+    ExperimentRecord,
+    ExperimentStatus,
+    JobStatus,
+    MemberRecord,
+    check_lease_seconds,
+    check_name,
+    experiment_status,
+)
 from ._scheduling import ManualScheduler, PBTScheduler, RandomScheduler, Scheduler, scheduler_for
 from .errors import NoJobError
 from .jobs import Job
@@ -39,12 +47,6 @@ class _Store(Protocol):
 
     _storage: Storage
     _lease_seconds: float
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"an experiment name must be a non-empty string, not {name!r}")
-    return name
 
 
 class _Setting(Generic[_T]):
@@ -89,7 +91,7 @@ class Experiment:
             Experiment._KINDS[scheduler.kind] = cls
 
     def __init__(self, name: str, status: str = ExperimentStatus.RUNNING) -> None:
-        self.name = _check_name(name)
+        self.name = check_name(name)
         self.status: str = experiment_status(status)
         self._db: _Store | None = None
         self._scheduler: Scheduler
@@ -151,7 +153,9 @@ class Experiment:
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
         storage = self._storage
         assert self._db is not None
-        lease_seconds = self._db._lease_seconds if lease is None else float(lease)
+        lease_seconds = (
+            self._db._lease_seconds if lease is None else check_lease_seconds(lease, "lease")
+        )
         backoff = Backoff(_POLL_MIN_S, _POLL_MAX_S, factor=1.5, budget=timeout)
         while True:
             claim = storage.claim_job(self.name, lease_seconds)

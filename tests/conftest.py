@@ -102,7 +102,13 @@ def _reset_database(url: str) -> None:
     engine = sa.create_engine(url)
     cascade = " CASCADE" if url.startswith("postgresql") else ""
     with engine.begin() as connection:
-        for table in ("schedy_members", "schedy_jobs", "schedy_experiments", "schedy_meta"):
+        for table in (
+            "schedy_tokens",
+            "schedy_members",
+            "schedy_jobs",
+            "schedy_experiments",
+            "schedy_meta",
+        ):
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}{cascade}")
     engine.dispose()
 

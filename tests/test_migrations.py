@@ -91,10 +91,15 @@ def test_a_schema_1_store_is_migrated_on_every_database(sql_url: str) -> None:
         experiment = schedy.ManualSearch("m")
         db.add_experiment(experiment)
         experiment.add_job(hyperparameters={"x": 1}, results={"r": 2})
-    # Turn it into what schema 1 was: no start_results column, version 1.
+    # Turn it into what schema 1 was: no start_results, claim_key, tokens; version 1.
     engine = sa.create_engine(sql_url)
     with engine.begin() as connection:
+        for index in ("ix_schedy_jobs_exp_claim_key", "ix_schedy_jobs_exp_parent"):
+            on = " ON schedy_jobs" if connection.dialect.name in ("mysql", "mariadb") else ""
+            connection.exec_driver_sql(f"DROP INDEX {index}{on}")
         connection.exec_driver_sql("ALTER TABLE schedy_jobs DROP COLUMN start_results")
+        connection.exec_driver_sql("ALTER TABLE schedy_jobs DROP COLUMN claim_key")
+        connection.exec_driver_sql("DROP TABLE schedy_tokens")
         _set_version(connection, 1)
     engine.dispose()
     with schedy.SchedyDB(sql_url) as db:

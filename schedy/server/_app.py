@@ -196,7 +196,8 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
     # -- scheduling ------------------------------------------------------------
     @route("POST", "/claim")
     def claim_job(experiment: str, body: _wire.ClaimRequest) -> Any:
-        return JSONText(_wire.encode_claim(storage.claim_job(experiment, body.lease_seconds)))
+        claim = storage.claim_job(experiment, body.lease_seconds, body.request_id)
+        return JSONText(_wire.encode_claim(claim))
 
     @route("POST", "/lease")
     def renew_lease(experiment: str, id: str, body: _wire.LeaseRenewal) -> Any:

@@ -25,7 +25,8 @@ import abc
 from collections.abc import Iterator
 from typing import Any
 
-from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord
+from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord, TokenRecord
+from ..errors import StorageError
 
 __all__ = ["Storage"]
 
@@ -108,8 +109,16 @@ class Storage(abc.ABC):
 
     # -- scheduling --------------------------------------------------------
     @abc.abstractmethod
-    def claim_job(self, experiment: str, lease_seconds: float) -> Claim:
-        """Atomically decide and claim the next job (status RUNNING, leased)."""
+    def claim_job(
+        self, experiment: str, lease_seconds: float, request_id: str | None = None
+    ) -> Claim:
+        """Atomically decide and claim the next job (status RUNNING, leased).
+
+        ``request_id`` makes a retried claim idempotent: when a job of this
+        experiment was already handed out under that id and is still
+        RUNNING, it is returned again (with its lease) instead of claiming a
+        second one -- a claim whose answer was lost on the way is retried.
+        """
 
     @abc.abstractmethod
     def renew_lease(
@@ -134,6 +143,23 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def get_members(self, experiment: str) -> list[MemberRecord]:
         """The population summary (empty for experiments without members)."""
+
+    # -- server tokens ------------------------------------------------------
+    def create_token(self, name: str, role: str, secret_hash: str) -> TokenRecord:
+        """Store a token (its secret's SHA-256); ``ResourceExistsError`` if the name is taken."""
+        raise StorageError(f"{self.url} does not keep server tokens")
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """Every token, revoked ones included, oldest first."""
+        raise StorageError(f"{self.url} does not keep server tokens")
+
+    def revoke_token(self, name: str) -> None:
+        """Revoke a token for good; ``NotFoundError`` if there is no active one of that name."""
+        raise StorageError(f"{self.url} does not keep server tokens")
+
+    def find_token(self, secret_hash: str) -> TokenRecord | None:
+        """The active (not revoked) token whose secret hashes to ``secret_hash``."""
+        raise StorageError(f"{self.url} does not keep server tokens")
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Release connections."""

@@ -33,7 +33,14 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util.retry import Retry
 
 from .. import _wire
-from .._records import Claim, ExperimentRecord, JobRecord, JobUpdate, MemberRecord
+from .._records import (
+    Claim,
+    ExperimentRecord,
+    JobRecord,
+    JobUpdate,
+    MemberRecord,
+    check_lease_seconds,
+)
 from ..errors import ServerError, StorageError
 from ._base import Storage
 
@@ -337,10 +344,11 @@ class HTTPStorage(Storage):
         self._call("DELETE", "/job", {"experiment": experiment, "id": job_id})
 
     # -- scheduling ------------------------------------------------------------
-    def claim_job(self, experiment: str, lease_seconds: float) -> Claim:
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
-        body = _wire.body(_wire.ClaimRequest(lease_seconds=lease_seconds))
+    def claim_job(
+        self, experiment: str, lease_seconds: float, request_id: str | None = None
+    ) -> Claim:
+        lease_seconds = check_lease_seconds(lease_seconds)
+        body = _wire.body(_wire.ClaimRequest(lease_seconds=lease_seconds, request_id=request_id))
         return _wire.decode_claim(self._call("POST", "/claim", {"experiment": experiment}, body))
 
     def renew_lease(

@@ -12,6 +12,10 @@ History:
    with, so that a crashed first job of a member is retried from them
    rather than from what the crashed attempt wrote (NULL: the parent's
    results, or none).
+3. ``schedy_jobs.claim_key``: the request id of the claim that created the
+   job, so a claim retried after its answer was lost returns the same job;
+   an index on ``(experiment_id, parent_id)`` to find a job's children; the
+   ``schedy_tokens`` table (server tokens, hashed, with their roles).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from sqlalchemy.engine import Connection
 __all__ = ["SCHEMA_VERSION", "create_or_migrate", "read_version"]
 
 #: Bump when the schema changes, and add a migration to ``MIGRATIONS``.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _metadata = sa.MetaData()
 
@@ -82,10 +86,14 @@ _jobs = sa.Table(
     sa.Column("score", sa.Double),
     # Schema 2: results the job was added with by hand (see the module docstring).
     sa.Column("start_results", sa.Text),
+    # Schema 3: the request id of the claim that created it (see the module docstring).
+    sa.Column("claim_key", sa.String(64)),
     # Claims look up the oldest QUEUED and all RUNNING jobs of one experiment:
     # this index makes both a range scan whatever the history length.
     sa.Index("ix_schedy_jobs_exp_status_seq", "experiment_id", "status", "seq"),
     sa.Index("ix_schedy_jobs_exp_score", "experiment_id", "score"),
+    sa.Index("ix_schedy_jobs_exp_claim_key", "experiment_id", "claim_key"),
+    sa.Index("ix_schedy_jobs_exp_parent", "experiment_id", "parent_id"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
@@ -110,15 +118,41 @@ _members = sa.Table(
     mysql_collate="utf8mb4_bin",
 )
 
-TABLES = ("schedy_members", "schedy_jobs", "schedy_experiments", "schedy_meta")
+_tokens = sa.Table(
+    "schedy_tokens",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(255), nullable=False, unique=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    # SHA-256 of the secret (random, so no salt or slow hash is needed); the
+    # secret itself is shown once, when the token is created, and never kept.
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("revoked_at", sa.Double),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+TABLES = ("schedy_tokens", "schedy_members", "schedy_jobs", "schedy_experiments", "schedy_meta")
 
 
 def _add_start_results(connection: Connection) -> None:
     connection.execute(sa.text("ALTER TABLE schedy_jobs ADD COLUMN start_results TEXT"))
 
 
+def _add_claim_keys_and_tokens(connection: Connection) -> None:
+    connection.execute(sa.text("ALTER TABLE schedy_jobs ADD COLUMN claim_key VARCHAR(64)"))
+    for index in _jobs.indexes:
+        if index.name in ("ix_schedy_jobs_exp_claim_key", "ix_schedy_jobs_exp_parent"):
+            index.create(connection, checkfirst=True)
+    _tokens.create(connection, checkfirst=True)
+
+
 #: version -> function upgrading a store from ``version - 1``.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_start_results}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _add_start_results,
+    3: _add_claim_keys_and_tokens,
+}
 
 
 def read_version(connection: Connection) -> int | None:

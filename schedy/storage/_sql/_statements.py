@@ -213,19 +213,45 @@ TOP_JOBS = Statement(
 INSERT_JOB = Statement(
     "INSERT INTO schedy_jobs (id, experiment_id, status, hyperparameters, results, member, "
     "generation, parent_id, exploited_from, lease_token, lease_expires_at, created_at, "
-    "updated_at, start_results) VALUES (:id, :experiment_id, :status, :hyperparameters, "
-    ":results, :member, :generation, :parent_id, :exploited_from, :lease_token, "
-    ":lease_expires_at, :created_at, :updated_at, :start_results)"
+    "updated_at, start_results, claim_key) VALUES (:id, :experiment_id, :status, "
+    ":hyperparameters, :results, :member, :generation, :parent_id, :exploited_from, "
+    ":lease_token, :lease_expires_at, :created_at, :updated_at, :start_results, :claim_key)"
+)
+CLAIMED_BY = Statement(
+    f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE experiment_id = :experiment_id "
+    "AND claim_key = :claim_key AND status = 'RUNNING' ORDER BY seq DESC LIMIT 1",
+    JobRow,
+)
+CHILD = Statement(
+    "SELECT id FROM schedy_jobs WHERE experiment_id = :experiment_id AND parent_id = :id LIMIT 1"
 )
 TAKE_QUEUED = Statement(
     "UPDATE schedy_jobs SET status = 'RUNNING', member = :member, generation = :generation, "
-    "lease_token = :lease_token, lease_expires_at = :lease_expires_at, updated_at = :updated_at "
-    "WHERE id = :id"
+    "lease_token = :lease_token, lease_expires_at = :lease_expires_at, updated_at = :updated_at, "
+    "claim_key = :claim_key WHERE id = :id"
 )
 DELETE_JOB = Statement("DELETE FROM schedy_jobs WHERE seq = :seq")
 RENEW = Statement(
     "UPDATE schedy_jobs SET lease_expires_at = :expires WHERE id = :id "
-    "AND status = 'RUNNING' AND lease_token = :token"
+    "AND experiment_id = :experiment_id AND status = 'RUNNING' AND lease_token = :token"
+)
+
+# -- tokens -----------------------------------------------------------------------
+TokenRow = namedtuple("TokenRow", "name role created_at revoked_at")
+_TOKEN_COLUMNS = "name, role, created_at, revoked_at"
+ALL_TOKENS = Statement(f"SELECT {_TOKEN_COLUMNS} FROM schedy_tokens ORDER BY id", TokenRow)
+TOKEN_NAMED = Statement(f"SELECT {_TOKEN_COLUMNS} FROM schedy_tokens WHERE name = :name", TokenRow)
+ACTIVE_TOKEN = Statement(
+    f"SELECT {_TOKEN_COLUMNS} FROM schedy_tokens WHERE secret_hash = :secret_hash "
+    "AND revoked_at IS NULL",
+    TokenRow,
+)
+INSERT_TOKEN = Statement(
+    "INSERT INTO schedy_tokens (name, role, secret_hash, created_at) "
+    "VALUES (:name, :role, :secret_hash, :created_at)"
+)
+REVOKE_TOKEN = Statement(
+    "UPDATE schedy_tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL"
 )
 
 # -- members ----------------------------------------------------------------------

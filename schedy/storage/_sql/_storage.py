@@ -26,7 +26,12 @@ from ..._records import (
     JobStatus,
     JobUpdate,
     MemberRecord,
+    TokenRecord,
+    TokenRole,
+    check_lease_seconds,
+    check_name,
     experiment_status,
+    is_valid_name,
     job_status,
 )
 from ..._scheduling import (
@@ -119,7 +124,13 @@ class SQLStorage(Storage):
 
     # -- helpers -------------------------------------------------------------------
     def _experiment_row(self, transaction: Transaction, name: str, lock: bool) -> Any:
-        row = self._experiment_statements[lock].first(transaction, {"name": name})
+        # A name no backend could have stored is not looked up (PostgreSQL would
+        # refuse a NUL with a database error): it is simply not there.
+        row = (
+            self._experiment_statements[lock].first(transaction, {"name": name})
+            if is_valid_name(name)
+            else None
+        )
         if row is None:
             raise NotFoundError(
                 f"no experiment named {name!r} in {self._safe_url()}; "
@@ -164,7 +175,12 @@ class SQLStorage(Storage):
         )
 
     def _job_row(self, transaction: Transaction, experiment_id: int, name: str, job_id: str) -> Any:
-        row = sql.JOB.first(transaction, {"id": job_id, "experiment_id": experiment_id})
+        valid = isinstance(job_id, str) and 0 < len(job_id) <= 32 and "\x00" not in job_id
+        row = (
+            sql.JOB.first(transaction, {"id": job_id, "experiment_id": experiment_id})
+            if valid
+            else None
+        )
         if row is None:
             raise NotFoundError(
                 f"experiment {name!r} has no job {job_id!r}; "
@@ -186,6 +202,7 @@ class SQLStorage(Storage):
             "lease_token": None,
             "lease_expires_at": None,
             "start_results": None,
+            "claim_key": None,
         }
         row.update(values)
         if row.get("id") is None:
@@ -212,8 +229,12 @@ class SQLStorage(Storage):
 
     # -- experiments ---------------------------------------------------------------
     def create_experiment(self, record: ExperimentRecord) -> None:
-        config = _values.dumps(_values.normalize(record.config, "experiment config"))
+        check_name(record.name)
         status = experiment_status(record.status)
+        # The same validation as the Python constructors: a store never holds
+        # an experiment it cannot schedule (or list).
+        scheduler_for(record)
+        config = _values.dumps(_values.normalize(record.config, "experiment config"))
 
         def body(transaction: Transaction) -> None:
             if sql.EXPERIMENT_EXISTS.first(transaction, {"name": record.name}) is not None:
@@ -257,6 +278,7 @@ class SQLStorage(Storage):
 
         def body(transaction: Transaction) -> None:
             row = self._experiment_row(transaction, name, True)
+            scheduler_for(ExperimentRecord(name, row.kind, checked, _values.loads(text)))
             sql.update(
                 transaction,
                 "schedy_experiments",
@@ -360,7 +382,8 @@ class SQLStorage(Storage):
             results = _values.normalize_mapping(update.results, "results")
             values["results"] = _values.dumps(results)
         if update.error is not None:
-            values["error"] = update.error
+            # No database stores NUL in text alike (PostgreSQL refuses it).
+            values["error"] = update.error.replace("\x00", "\\x00")
 
         def body(transaction: Transaction) -> JobRecord:
             exp_row = self._experiment_row(transaction, experiment, True)
@@ -444,16 +467,34 @@ class SQLStorage(Storage):
         self._db.run(body)
 
     # -- scheduling ----------------------------------------------------------------
-    def claim_job(self, experiment: str, lease_seconds: float) -> Claim:
-        if not lease_seconds > 0:
-            raise ValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
-        return self._db.run(lambda t: self._claim(t, experiment, lease_seconds))
+    def claim_job(
+        self, experiment: str, lease_seconds: float, request_id: str | None = None
+    ) -> Claim:
+        lease_seconds = check_lease_seconds(lease_seconds)
+        if request_id is not None and (
+            not isinstance(request_id, str) or not 0 < len(request_id) <= 64
+        ):
+            raise ValueError(
+                f"a claim's request id is a string of 1 to 64 characters, not {request_id!r}"
+            )
+        return self._db.run(lambda t: self._claim(t, experiment, lease_seconds, request_id))
 
-    def _claim(self, transaction: Transaction, name: str, lease_seconds: float) -> Claim:
+    def _claim(
+        self, transaction: Transaction, name: str, lease_seconds: float, request_id: str | None
+    ) -> Claim:
         exp_row = self._experiment_row(transaction, name, True)
         now = self._db.now(transaction, exp_row)
         scheduler = self._scheduler(exp_row)
         self._expire_leases(transaction, exp_row.id, name, scheduler, now)
+        if request_id is not None:
+            # The same claim again (its answer was lost): the same job, if still ours.
+            row = sql.CLAIMED_BY.first(
+                transaction, {"experiment_id": exp_row.id, "claim_key": request_id}
+            )
+            if row is not None:
+                record = self._job_record(row, name)
+                record.lease_token = row.lease_token
+                return Claim(record)
         if exp_row.status == ExperimentStatus.DONE:
             return Claim(None, reason=f"experiment {name!r} is DONE")
         by_experiment = {"experiment_id": exp_row.id}
@@ -496,7 +537,9 @@ class SQLStorage(Storage):
         if scheduler.seed is not None:
             sql.COUNT_CLAIM.run(transaction, {"id": exp_row.id})
         plan = scheduler.plan_claim(state)
-        return self._apply(transaction, exp_row.id, name, plan, now, lease_seconds, stored_text)
+        return self._apply(
+            transaction, exp_row.id, name, plan, now, lease_seconds, stored_text, request_id
+        )
 
     def _expire_leases(
         self,
@@ -541,6 +584,7 @@ class SQLStorage(Storage):
         now: float,
         lease_seconds: float,
         stored_text: dict[int, str],
+        request_id: str | None,
     ) -> Claim:
         for retired in plan.retired:
             logger.warning(
@@ -564,6 +608,7 @@ class SQLStorage(Storage):
             "lease_token": secrets.token_hex(16),
             "lease_expires_at": now + lease_seconds,
             "updated_at": now,
+            "claim_key": request_id,
         }
         if isinstance(decision, TakeQueued):
             row = self._job_row(transaction, experiment_id, name, decision.job_id)
@@ -621,9 +666,17 @@ class SQLStorage(Storage):
     def renew_lease(
         self, experiment: str, job_id: str, lease_token: str, lease_seconds: float
     ) -> bool:
+        lease_seconds = check_lease_seconds(lease_seconds)
+
         def body(transaction: Transaction) -> bool:
-            expires = self._db.now(transaction) + lease_seconds
-            params = {"id": job_id, "token": lease_token, "expires": expires}
+            exp_row = self._experiment_row(transaction, experiment, False)
+            expires = self._db.now(transaction, exp_row) + lease_seconds
+            params = {
+                "id": job_id,
+                "experiment_id": exp_row.id,
+                "token": lease_token,
+                "expires": expires,
+            }
             return bool(sql.RENEW.run(transaction, params))
 
         return self._db.run(body)
@@ -649,6 +702,56 @@ class SQLStorage(Storage):
             return [self._job_record(row, experiment) for row in rows]
 
         return self._db.run(body, write=False)
+
+    # -- server tokens ---------------------------------------------------------------
+    def create_token(self, name: str, role: str, secret_hash: str) -> TokenRecord:
+        checked = TokenRole(role) if role in tuple(TokenRole) else None
+        if checked is None:
+            raise ValueError(f"a token's role is one of {', '.join(TokenRole)}, not {role!r}")
+        name = check_name(name, "a token name")
+
+        def body(transaction: Transaction) -> TokenRecord:
+            if sql.TOKEN_NAMED.first(transaction, {"name": name}) is not None:
+                raise ResourceExistsError(
+                    f"a token named {name!r} exists already (revoked tokens keep their name); "
+                    "pick another name"
+                )
+            now = time.time()
+            sql.INSERT_TOKEN.run(
+                transaction,
+                {
+                    "name": name,
+                    "role": checked.value,
+                    "secret_hash": secret_hash,
+                    "created_at": now,
+                },
+            )
+            return TokenRecord(name, checked, now)
+
+        try:
+            return self._db.run(body)
+        except IntegrityConflict:
+            raise ResourceExistsError(f"a token named {name!r} exists already") from None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return self._db.run(
+            lambda t: [TokenRecord(*row) for row in sql.ALL_TOKENS.rows(t, {})], write=False
+        )
+
+    def revoke_token(self, name: str) -> None:
+        def body(transaction: Transaction) -> None:
+            if not sql.REVOKE_TOKEN.run(transaction, {"name": name, "now": time.time()}):
+                raise NotFoundError(
+                    f"no active token named {name!r}; list them with `schedy token list`"
+                )
+
+        self._db.run(body)
+
+    def find_token(self, secret_hash: str) -> TokenRecord | None:
+        row = self._db.run(
+            lambda t: sql.ACTIVE_TOKEN.first(t, {"secret_hash": secret_hash}), write=False
+        )
+        return None if row is None else TokenRecord(*row)
 
     def get_members(self, experiment: str) -> list[MemberRecord]:
         def body(transaction: Transaction) -> list[MemberRecord]:
