@@ -23,7 +23,14 @@ from ._records import (
     check_name,
     experiment_status,
 )
-from ._scheduling import ManualScheduler, PBTScheduler, RandomScheduler, Scheduler, scheduler_for
+from ._scheduling import (
+    ManualScheduler,
+    PBTScheduler,
+    RandomScheduler,
+    Scheduler,
+    UnreadableScheduler,
+    scheduler_for,
+)
 from .errors import NoJobError
 from .jobs import Job
 from .pbt import ExploreStrategy, Truncate
@@ -109,13 +116,37 @@ class Experiment:
 
     @classmethod
     def _from_record(cls, record: ExperimentRecord) -> Experiment:
-        """Rebuild the right public class from what the store holds."""
-        scheduler = scheduler_for(record)
+        """Rebuild the right public class from what the store holds.
+
+        An experiment that cannot be read (an unknown kind, a broken
+        configuration or status) comes back as a plain :class:`Experiment`
+        whose :attr:`unreadable` says why: it is listed, shown and removed
+        like the others, and ``next_job`` raises that reason.
+        """
+        scheduler: Scheduler
+        try:
+            scheduler = scheduler_for(record)
+            status = experiment_status(record.status)
+        except (ValueError, TypeError) as error:
+            experiment = Experiment.__new__(Experiment)
+            experiment.name, experiment.status, experiment._db = record.name, record.status, None
+            experiment._scheduler = UnreadableScheduler(
+                str(record.kind),
+                record.config,
+                f"experiment {record.name!r} cannot be read: {error}",
+            )
+            return experiment
         kind = Experiment._KINDS.get(scheduler.kind, Experiment)
         experiment = kind.__new__(kind)
-        Experiment.__init__(experiment, record.name, record.status)
+        Experiment.__init__(experiment, record.name, status)
         experiment._scheduler = scheduler
         return experiment
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why this stored experiment cannot be read (None when it can)."""
+        scheduler = self._scheduler
+        return scheduler.reason if isinstance(scheduler, UnreadableScheduler) else None
 
     # -- public API --------------------------------------------------------
     @property
@@ -151,6 +182,10 @@ class Experiment:
         """
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        if self.unreadable is not None:
+            raise NoJobError(
+                f"{self.unreadable}. Remove it (`schedy rm {self.name!r}`) or upgrade schedy."
+            )
         storage = self._storage
         assert self._db is not None
         lease_seconds = (

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from . import _values
 from ._records import JobRecord, JobStatus, JobUpdate
-from .errors import UnsafeUpdateError
+from .errors import NotFoundError, UnsafeUpdateError
 
 if TYPE_CHECKING:
     from .storage._base import Storage
@@ -211,12 +211,16 @@ class Job:
         """This job's ancestry, root first: the hyperparameter schedule it followed.
 
         Follows ``parent_id`` through exploits, so the list is exactly the
-        sequence of jobs whose checkpoints led to this one.
+        sequence of jobs whose checkpoints led to this one. A parent deleted
+        by an older schedy (which allowed it) ends the chain there.
         """
         chain = [self]
         seen = {self.id}
         while chain[-1].parent_id is not None and chain[-1].parent_id not in seen:
-            parent = self.experiment.get_job(chain[-1].parent_id)
+            try:
+                parent = self.experiment.get_job(chain[-1].parent_id)
+            except NotFoundError:
+                break
             seen.add(parent.id)
             chain.append(parent)
         chain.reverse()

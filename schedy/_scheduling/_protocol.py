@@ -38,6 +38,7 @@ __all__ = [
     "SchedulingState",
     "TakeQueued",
     "UnknownKindError",
+    "UnreadableScheduler",
     "Wait",
     "lease_expired_error",
     "register",
@@ -377,6 +378,27 @@ def register(cls: type[_S]) -> type[_S]:
 
 class UnknownKindError(ValueError):
     """A stored experiment names a kind this schedy does not know."""
+
+
+class UnreadableScheduler(Scheduler):
+    """Stands for a stored experiment whose kind or configuration cannot be read
+    (written by a newer schedy, or by hand): it can be listed, shown and
+    removed, and says why it cannot hand out jobs. Never registered."""
+
+    def __init__(self, kind: str, config: Any, reason: str) -> None:
+        self.kind = kind  # type: ignore[misc]  # per instance: the kind as stored
+        self.config = config
+        self.reason = reason
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> UnreadableScheduler:
+        raise ValueError("an unreadable experiment cannot be rebuilt")
+
+    def to_config(self) -> dict[str, Any]:
+        return dict(self.config) if isinstance(self.config, Mapping) else {}
+
+    def decide(self, state: SchedulingState) -> Decision:
+        raise ValueError(self.reason)
 
 
 def scheduler_for(record: ExperimentRecord) -> Scheduler:

@@ -204,6 +204,10 @@ def experiment_row(exp: Experiment, details: bool = False) -> dict[Column, Any]:
         (SCHEDY, "status"): exp.status,
         (SCHEDY, "scheduler"): exp._KIND,
     }
+    if exp.unreadable is not None:
+        row[(SCHEDY, "status")] = f"UNREADABLE ({exp.status})"
+        row[(SCHEDY, "error")] = exp.unreadable
+        return row
     config = exp._config()
     if details:
         for key in _CONFIG_FIELDS:
