@@ -201,6 +201,8 @@ class Job:
         self.updated_at = record.updated_at
         if record.status != Job.RUNNING:
             self._lease_token = None
+        elif record.lease_token is not None:  # run by hand: the store granted a lease
+            self._lease_token = record.lease_token
 
     def delete(self) -> None:
         """Delete this job from the store."""
@@ -256,6 +258,8 @@ class Job:
         if self.status != Job.RUNNING:
             self.status = Job.RUNNING
             self.put()
+            if self._lease_token is not None:
+                self._renew_lease()  # from the store's first lease to this job's own length
         if self._lease_token is not None:
             _keeper.add(self)
         return self

@@ -134,6 +134,19 @@ def test_lease_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         schedy.SchedyDB(url)
 
 
+@pytest.mark.parametrize("lease", ["inf", "1e308", "nan", "0", "-5"])
+def test_an_endless_lease_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lease: str
+) -> None:
+    # A SIGKILLed worker's job would stay RUNNING for ever, and its member with it.
+    url = f"sqlite:///{tmp_path}/x.db"
+    with pytest.raises(ValueError, match="lease_seconds must be a finite number"):
+        schedy.SchedyDB(url, lease_seconds=float(lease))
+    monkeypatch.setenv("SCHEDY_LEASE_SECONDS", lease)
+    with pytest.raises(ValueError, match=r"\$SCHEDY_LEASE_SECONDS must be a finite number"):
+        schedy.SchedyDB(url)
+
+
 def test_a_job_refuses_to_be_pickled_with_a_clear_reason(sqlite_url: str) -> None:
     # ddp_spawn and multiprocessing pickle what they send; a copy of a job in
     # another process would hold this process's lease: say so, early.

@@ -585,3 +585,156 @@ def test_a_seeded_run_decides_the_same_on_every_backend(
         expected = _seeded_run(reference)
     assert any(step[4] is not None for step in expected)  # it did exploit
     assert _seeded_run(db) == expected
+
+
+# -- no edit through the API may break listing, claiming or lineage ----------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "config", "match"),
+    [
+        ("no-such-kind", "RUNNING", {}, "unknown kind"),
+        ("pbt", "RUNNING", {}, "needs 'objective'"),
+        ("pbt", "RUNNING", {"objective": "max", "result_name": "acc", "exploit": "x"}, "exploit"),
+        ("random", "RUNNING", {"distributions": {"x": {"nope": {}}}}, "distribution"),
+        ("manual", "PAUSED", {}, "status"),
+        ("random", "RUNNING", [], "must be an object|valid dictionary"),
+    ],
+)
+def test_an_invalid_experiment_definition_is_refused_and_nothing_is_stored(
+    db: schedy.SchedyDB, kind: str, status: str, config: object, match: str
+) -> None:
+    from schedy._records import ExperimentRecord
+
+    db.add_experiment(schedy.ManualSearch("fine"))
+    record = ExperimentRecord("poison", kind, status, config)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        db._storage.create_experiment(record)
+    assert [experiment.name for experiment in db.get_experiments()] == ["fine"]
+    schedy.ManualSearch("fine")  # listing and removing still work
+    db.get_experiment("fine").delete()
+
+
+@pytest.mark.parametrize(
+    "name", ["", "   ", "x" * 256, "nul\x00byte"], ids=["empty", "blank", "256", "nul"]
+)
+def test_names_no_backend_can_store_are_refused_alike(db: schedy.SchedyDB, name: str) -> None:
+    from schedy._records import ExperimentRecord
+
+    with pytest.raises(ValueError, match="experiment name"):
+        db._storage.create_experiment(ExperimentRecord(name, "manual", "RUNNING", {}))
+    with pytest.raises(NotFoundError):
+        db.get_experiment(name)
+    db.add_experiment(schedy.ManualSearch("x" * 255))  # the longest name is fine
+    experiment = db.get_experiment("x" * 255)
+    with pytest.raises(NotFoundError):
+        experiment.get_job("nul\x00id")
+
+
+@pytest.mark.parametrize("lease", [math.inf, math.nan, 0, -1, 1e308])
+def test_a_lease_must_be_finite_and_positive(db: schedy.SchedyDB, lease: float) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(ValueError, match="lease"):
+        experiment.next_job(lease=lease)
+    with pytest.raises(ValueError, match="lease"):
+        db._storage.claim_job("m", lease)
+    with experiment.next_job() as job:
+        with pytest.raises(ValueError, match="lease"):
+            db._storage.renew_lease("m", job.id, job._lease_token or "", lease)
+
+
+def test_a_renewal_names_its_own_experiment(db: schedy.SchedyDB) -> None:
+    for name in ("a", "b"):
+        experiment = schedy.ManualSearch(name)
+        db.add_experiment(experiment)
+        experiment.add_job(hyperparameters={"x": 1})
+    job = db.get_experiment("a").next_job()
+    assert not db._storage.renew_lease("b", job.id, job._lease_token or "", 30)
+    assert db._storage.renew_lease("a", job.id, job._lease_token or "", 30)
+    job.status = schedy.Job.DONE
+    job.put()
+
+
+def test_a_job_is_not_added_running(db: schedy.SchedyDB) -> None:
+    # A RUNNING job nobody holds a lease on would never expire.
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    with pytest.raises(ValueError, match="RUNNING"):
+        experiment.add_job(hyperparameters={"x": 1}, status=schedy.Job.RUNNING)
+    assert list(experiment.all_jobs()) == []
+
+
+def test_a_queued_job_run_by_hand_holds_a_lease(db: schedy.SchedyDB) -> None:
+    # The original client's `with job:` on a job it added itself.
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    job = experiment.add_job(hyperparameters={"x": 1})
+    with job:
+        assert job._lease_token is not None
+        job.results["y"] = 2
+    assert experiment.get_job(job.id).status == schedy.Job.DONE
+    with pytest.raises(NoJobError):
+        experiment.next_job(timeout=0)
+
+
+def test_a_members_finished_job_keeps_its_status(db: schedy.SchedyDB) -> None:
+    # Marking a member's resume point CRASHED by hand would make the next job
+    # continue a CRASHED parent: refused, nothing written.
+    experiment = _pbt(population=1)
+    db.add_experiment(experiment)
+    with experiment.next_job() as job:
+        job.results["acc"] = 0.5
+    stored = experiment.get_job(job.id)
+    stored.status = schedy.Job.CRASHED
+    with pytest.raises(ValueError, match="finished job"):
+        stored.put()
+    stored = experiment.get_job(job.id)
+    assert stored.status == schedy.Job.DONE
+    stored.results["note"] = "results may still be annotated"
+    stored.put()
+    following = experiment.next_job()
+    assert following.parent_id == job.id
+    following.status = schedy.Job.DONE
+    following.put()
+
+
+def test_a_job_with_descendants_is_not_deleted(db: schedy.SchedyDB) -> None:
+    experiment = _pbt(population=1)
+    db.add_experiment(experiment)
+    with experiment.next_job() as first:
+        first.results["acc"] = 0.5
+    with experiment.next_job() as second:
+        second.results["acc"] = 0.6
+    with pytest.raises(ValueError, match="parent of job"):
+        experiment.get_job(first.id).delete()
+    assert [job.id for job in experiment.get_job(second.id).lineage()] == [first.id, second.id]
+    experiment.get_job(second.id).delete()  # a leaf may go
+    experiment.get_job(first.id).delete()  # and then its parent
+
+
+def test_a_store_holding_an_unreadable_experiment_still_lists_and_removes(
+    db: schedy.SchedyDB, store_url: str
+) -> None:
+    # Written by a newer schedy, or by hand: the rest of the store stays usable.
+    if store_url.startswith("http"):
+        pytest.skip("written through SQL; the server runs the same SQL storage")
+    import sqlalchemy as sa
+
+    db.add_experiment(schedy.ManualSearch("fine"))
+    engine = sa.create_engine(store_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO schedy_experiments (name, kind, status, config, claims, created_at) "
+            "VALUES ('future', 'hyperband-9000', 'RUNNING', '{}', 0, 0)"
+        )
+    engine.dispose()
+    listed = {experiment.name: experiment for experiment in db.get_experiments()}
+    assert set(listed) == {"fine", "future"}
+    assert listed["fine"].unreadable is None
+    assert "unknown kind 'hyperband-9000'" in (listed["future"].unreadable or "")
+    with pytest.raises(NoJobError, match="cannot be read"):
+        db.get_experiment("future").next_job()
+    db.get_experiment("future").delete()
+    assert [experiment.name for experiment in db.get_experiments()] == ["fine"]

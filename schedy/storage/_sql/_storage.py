@@ -60,6 +60,8 @@ _ENDED = (JobStatus.DONE, JobStatus.CRASHED, JobStatus.PRUNED)
 #: A stored status as its enum (one dict lookup on the hot path).
 _STATUS = {status.value: status for status in JobStatus}
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+#: The first lease of a job run by hand; its heartbeat renews it at once to its own.
+_HAND_LEASE_S = 60.0
 #: The largest finite double: MariaDB/MySQL cannot store an infinite score.
 _FLOAT_MAX = 1.7976931348623157e308
 
@@ -305,6 +307,12 @@ class SQLStorage(Storage):
         results: dict[str, Any],
     ) -> JobRecord:
         checked = job_status(status)
+        if checked == JobStatus.RUNNING:
+            raise ValueError(
+                "a job cannot be added RUNNING: nobody would hold its lease, so it would never "
+                "end. Add it QUEUED (next_job() hands it out with a lease), or DONE, CRASHED or "
+                "PRUNED to record a run made elsewhere"
+            )
         hyperparameters = _values.normalize_mapping(hyperparameters, "hyperparameters")
         results = _values.normalize_mapping(results, "results")
         hp_text, results_text = _values.dumps(hyperparameters), _values.dumps(results)
@@ -398,11 +406,21 @@ class SQLStorage(Storage):
                     "population member. Nothing was written."
                 )
             now = self._db.now(transaction, exp_row)
-            status = new_status or job_status(row.status)
+            old_status = job_status(row.status)
+            status = new_status or old_status
+            self._check_status_change(row, old_status, status, lease_token is not None)
             new_values = dict(values, updated_at=now, status=status.value)
+            granted = None
             if status != JobStatus.RUNNING:
                 new_values["lease_token"] = None
                 new_values["lease_expires_at"] = None
+            elif old_status != JobStatus.RUNNING:
+                # Run by hand (`with job:` on a job one added): it holds a lease
+                # like a claimed job, so a lost worker frees it; the worker's
+                # heartbeat renews it to its own lease length.
+                granted = secrets.token_hex(16)
+                new_values["lease_token"] = granted
+                new_values["lease_expires_at"] = now + _HAND_LEASE_S
             record = JobRecord(
                 id=row.id,
                 experiment=experiment,
@@ -419,6 +437,7 @@ class SQLStorage(Storage):
                 parent_id=row.parent_id,
                 exploited_from=row.exploited_from,
                 error=row.error if update.error is None else update.error,
+                lease_token=granted,
                 created_at=row.created_at,
                 updated_at=now,
             )
@@ -433,6 +452,28 @@ class SQLStorage(Storage):
             return record
 
         return self._db.run(body)
+
+    @staticmethod
+    def _check_status_change(row: Any, old: JobStatus, new: JobStatus, holds_lease: bool) -> None:
+        """Refuse status edits that would break a population (ValueError, nothing written).
+
+        A member's finished job is part of its lineage: a continuation or a
+        copy may start from it, so its status stays; and a member's job does
+        not go back to the queue (it would stay the member's busy job).
+        """
+        if row.member is None or new == old or holds_lease:
+            return
+        if old in _ENDED:
+            raise ValueError(
+                f"job {row.id} is a finished job of population member {row.member} "
+                f"(generation {row.generation}, {old}): later jobs may continue from it, so its "
+                "status cannot change. Its results may still be edited"
+            )
+        if new == JobStatus.QUEUED:
+            raise ValueError(
+                f"job {row.id} belongs to population member {row.member}: it cannot go back "
+                "to the queue; mark it CRASHED to have the member retried"
+            )
 
     def _job_ended(
         self,
@@ -455,6 +496,13 @@ class SQLStorage(Storage):
         def body(transaction: Transaction) -> None:
             exp_row = self._experiment_row(transaction, experiment, True)
             row = self._job_row(transaction, exp_row.id, experiment, job_id)
+            child = sql.CHILD.first(transaction, {"experiment_id": exp_row.id, "id": job_id})
+            if child is not None:
+                raise ValueError(
+                    f"job {job_id} is the parent of job {child[0]}: deleting it would cut the "
+                    "lineage (the hyperparameter schedule) of every job after it. Delete its "
+                    "descendants first, or the whole experiment"
+                )
             sql.DELETE_JOB.run(transaction, {"seq": row.seq})
             if row.member is None:
                 return
