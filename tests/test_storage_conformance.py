@@ -738,3 +738,22 @@ def test_a_store_holding_an_unreadable_experiment_still_lists_and_removes(
         db.get_experiment("future").next_job()
     db.get_experiment("future").delete()
     assert [experiment.name for experiment in db.get_experiments()] == ["fine"]
+
+
+@pytest.mark.parametrize("bad", ["huge", "cycle", "deep"])
+def test_a_value_no_json_can_hold_ends_the_job_never_running(db: schedy.SchedyDB, bad: str) -> None:
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    deep: list[object] = []
+    for _ in range(2000):
+        deep = [deep]
+    value = {"huge": 10**400, "cycle": loop, "deep": deep}[bad]
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(TypeError, match=r"results\['bad'\]"), experiment.next_job() as job:
+        job.results["loss"] = 0.5
+        job.results["bad"] = value
+    stored = experiment.get_job(job.id)
+    assert stored.status == schedy.Job.CRASHED
+    assert stored.results == {"loss": 0.5}
