@@ -105,8 +105,10 @@ def _normalize(value: Any, path: tuple[str | int, ...], problems: list[_Unstorab
     if isinstance(value, float):
         return float(value)
     if len(path) >= MAX_DEPTH:
+        # Fatal to the whole value, even when collecting: a structure cut at
+        # some depth would be stored as something else than what it was.
         return _fail(
-            path, f"nests deeper than {MAX_DEPTH} levels (does it contain itself?)", problems
+            path, f"nests deeper than {MAX_DEPTH} levels (does it contain itself?)", None
         )
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
@@ -183,7 +185,18 @@ def storable_part(values: Any, what: str) -> tuple[dict[str, Any], list[str]]:
     if not isinstance(values, Mapping):
         return {}, [f"{what} must be a dict of JSON values, not {type(values).__name__}"]
     problems: list[_Unstorable] = []
-    result = _normalize(values, (), problems)
+    result: dict[str, Any] = {}
+    for key, value in values.items():
+        if not isinstance(key, str):
+            problems.append(_Unstorable((), f"has a non-string key {key!r}"))
+            continue
+        try:
+            normalized = _normalize(value, (key,), problems)
+        except _Unstorable as error:  # too deep: the whole value is left out
+            problems.append(_Unstorable((key,), error.reason))
+            continue
+        if normalized is not _DROPPED:
+            result[key] = normalized
     return result, [f"{_where(what, error.path)} {error.reason}" for error in problems]
 
 
