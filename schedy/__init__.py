@@ -14,7 +14,7 @@ from __future__ import annotations
 from . import errors, pbt, random
 from ._workers import run_workers
 from .db import SchedyDB
-from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch
+from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch, Replay
 from .jobs import Job
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ManualSearch",
     "PopulationBasedTraining",
     "RandomSearch",
+    "Replay",
     "SchedyDB",
     "errors",
     "pbt",

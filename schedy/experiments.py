@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+from . import _lineage
 from ._backoff import Backoff
 from ._records import (
     ExperimentRecord,
@@ -27,6 +28,7 @@ from ._scheduling import (
     ManualScheduler,
     PBTScheduler,
     RandomScheduler,
+    ReplayScheduler,
     Scheduler,
     UnreadableScheduler,
     scheduler_for,
@@ -39,7 +41,7 @@ from .random import Distribution
 if TYPE_CHECKING:
     from .storage._base import Storage
 
-__all__ = ["Experiment", "ManualSearch", "PopulationBasedTraining", "RandomSearch"]
+__all__ = ["Experiment", "ManualSearch", "PopulationBasedTraining", "RandomSearch", "Replay"]
 
 #: Polling interval bounds while next_job waits for a busy population.
 _POLL_MIN_S = 0.02
@@ -228,9 +230,94 @@ class Experiment:
     def best_jobs(self, k: int = 1) -> list[Job]:
         """The ``k`` best DONE jobs by the experiment's objective, best first.
 
-        Only experiments with an objective (PBT) rank jobs; others return [].
+        Only experiments with an objective (PBT, replays) rank jobs; others
+        return []. This is the one definition of "best" everywhere: ``best()``,
+        ``schedy show``, checkpoint retention's top-k and the report.
         """
         return [Job._from_record(record, self) for record in self._storage.top_jobs(self.name, k)]
+
+    def best(self) -> Job | None:
+        """The best DONE job by ``result_name`` (objective-aware; a NaN or
+        missing result is never best; exact ties: the oldest), or None."""
+        found = self.best_jobs(1)
+        return found[0] if found else None
+
+    @property
+    def _result_name(self) -> str | None:
+        name = getattr(self._scheduler, "result_name", None)
+        return name if isinstance(name, str) else None
+
+    def lineage(self, job_id: str | None = None, *, compact: bool = False) -> list[dict[str, Any]]:
+        """The chain of jobs that trained job ``job_id``'s model (default: the best
+        job), from its generation-0 ancestor to it, through exploits.
+
+        Each step is a JSON-serialisable dict: ``job_id``, ``member``,
+        ``generation``, ``status``, ``hyperparameters``, ``score`` (the job's
+        ``result_name``), ``parent_id`` and ``exploited_from``. With
+        ``compact``, runs of unchanged steps on one member are folded into
+        one row (with ``generations``: first and last, and ``jobs``).
+        """
+        if job_id is None:
+            best = self.best()
+            if best is None:
+                raise NoJobError(
+                    f"experiment {self.name!r} has no scored DONE job yet: give a job id"
+                )
+            job = best
+        else:
+            job = self.get_job(job_id)
+        steps = [_lineage.step(step, self._result_name) for step in job.lineage()]
+        return _lineage.fold(steps) if compact else steps
+
+    def best_schedule(self, *, compact: bool = False) -> list[dict[str, Any]]:
+        """The hyperparameter schedule that trained the best model: ``lineage()``
+        of :meth:`best`."""
+        return self.lineage(None, compact=compact)
+
+    def to_dataframe(self) -> Any:
+        """Every job as one row of a pandas DataFrame (like Optuna's
+        ``trials_dataframe()``): the job's fields, then ``hyperparameters.<name>``
+        and ``results.<name>`` columns, nested dicts flattened with dots.
+        Needs pandas (``pip install 'schedy[pandas]'``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError(
+                "experiment.to_dataframe() needs pandas: pip install 'schedy[pandas]'"
+            ) from None
+        rows = []
+        for job in self.all_jobs():
+            row: dict[str, Any] = {
+                "id": job.id,
+                "status": str(job.status),
+                "member": job.member,
+                "generation": job.generation,
+                "parent_id": job.parent_id,
+                "exploited_from": job.exploited_from,
+                "created_at": job.created_at,
+                "updated_at": job.updated_at,
+                "error": job.error,
+            }
+            row.update(_flatten(job.hyperparameters, "hyperparameters."))
+            row.update(_flatten(job.results, "results."))
+            rows.append(row)
+        return pandas.DataFrame(rows)
+
+    def replay(self, name: str, job_id: str | None = None) -> Replay:
+        """A new experiment that retrains the schedule of job ``job_id`` (default:
+        the best) from scratch: one job per step, each continuing its own
+        previous job, with the step's hyperparameters. Store it with
+        ``db.add_experiment(...)`` and run the same worker code on it."""
+        steps = self.lineage(job_id)
+        source = {"experiment": self.name, "job_id": steps[-1]["job_id"]}
+        objective = getattr(self._scheduler, "objective", None)
+        return Replay(
+            name,
+            [{"hyperparameters": step["hyperparameters"]} for step in steps],
+            source=source,
+            objective=None if self._result_name is None else objective,
+            result_name=self._result_name,
+        )
 
     def population(self) -> list[MemberRecord]:
         """The current population summary (PBT members; empty for other kinds)."""
@@ -334,6 +421,50 @@ class PopulationBasedTraining(Experiment):
             f"PopulationBasedTraining(name={self.name!r}, objective={self.objective!r}, "
             f"result_name={self.result_name!r}, population_size={self.population_size!r})"
         )
+
+
+class Replay(Experiment):
+    """Retrains a schedule (``experiment.replay(name)``): one job per step, in order.
+
+    Each job has the step's hyperparameters and continues the replay's own
+    previous job (``job.results['model_path']`` is the checkpoint *this*
+    replay saved), so the usual worker code trains one model from scratch
+    along the schedule. ``source`` records where the schedule came from.
+    """
+
+    _SCHEDULER = ReplayScheduler
+    steps: _Setting[list[dict[str, Any]]] = _Setting()
+    source: _Setting[dict[str, Any]] = _Setting()
+    objective: _Setting[str | None] = _Setting()
+    result_name: _Setting[str | None] = _Setting()
+
+    def __init__(
+        self,
+        name: str,
+        steps: list[dict[str, Any]],
+        *,
+        source: Mapping[str, Any] | None = None,
+        objective: str | None = None,
+        result_name: str | None = None,
+        status: str = ExperimentStatus.RUNNING,
+    ) -> None:
+        super().__init__(name, status)
+        self._scheduler = ReplayScheduler(
+            steps, source=source, objective=objective, result_name=result_name
+        )
+
+    def __repr__(self) -> str:
+        return f"Replay(name={self.name!r}, steps={len(self.steps)}, source={self.source!r})"
+
+
+def _flatten(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _experiment_from_record(record: ExperimentRecord) -> Experiment:

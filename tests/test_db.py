@@ -115,6 +115,7 @@ def test_public_api_names() -> None:
         "ManualSearch",
         "PopulationBasedTraining",
         "RandomSearch",
+        "Replay",
         "SchedyDB",
         "errors",
         "pbt",

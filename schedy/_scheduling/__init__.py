@@ -1,10 +1,10 @@
 """THE scheduling decision: what a claim hands out and what every event does to a member.
 
 One module per experiment kind behind one small protocol (``_protocol``):
-``_manual`` (a queue), ``_random_search`` and ``_pbt`` (Population Based
-Training). Pure: a function of a compact state and a seeded RNG, run by the
-storage backends inside their claim transaction; nothing here touches a
-store. Adding a kind is one module defining a registered
+``_manual`` (a queue), ``_random_search``, ``_pbt`` (Population Based
+Training) and ``_replay`` (retrain a found schedule). Pure: a function of a
+compact state and a seeded RNG, run by the storage backends inside their
+claim transaction; nothing here touches a store. Adding a kind is one module defining a registered
 :class:`Scheduler` subclass, imported below.
 """
 
@@ -29,6 +29,7 @@ from ._protocol import (
     scheduler_for,
 )
 from ._random_search import RandomScheduler
+from ._replay import ReplayScheduler
 
 __all__ = [
     "ClaimPlan",
@@ -39,6 +40,7 @@ __all__ = [
     "ManualScheduler",
     "PBTScheduler",
     "RandomScheduler",
+    "ReplayScheduler",
     "Scheduler",
     "SchedulingState",
     "TakeQueued",
