@@ -1,0 +1,126 @@
+"""SQLite must not lose data silently: each way a store file was seen to lose
+jobs, reproduced on a real file, and the loud refusal that replaces it.
+
+1. The file (or its folder) deleted or replaced under an open store: SQLite
+   would keep writing into the unlinked inode, reporting every job DONE.
+2. A file truncated to 0 bytes, or a SQLite file without schedy's tables,
+   silently initialised by a plain ``SchedyDB(url)``.
+3. A damaged file ("database disk image is malformed") still written to.
+4. Error messages that say what happened (read-only, disk full, permission
+   denied, damaged) instead of a database server's "is it running?".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import schedy
+from schedy.errors import StorageError
+
+
+def _store(path: Path, jobs: int = 5) -> tuple[schedy.SchedyDB, schedy.Experiment]:
+    """A store at ``path`` with a manual experiment ``m`` holding ``jobs`` queued jobs."""
+    db = schedy.SchedyDB(f"sqlite:///{path}")
+    db.add_experiment(schedy.ManualSearch("m"))
+    experiment = db.get_experiment("m")
+    for index in range(jobs):
+        experiment.add_job({"i": index})
+    return db, experiment
+
+
+def _cycle(experiment: schedy.Experiment) -> str:
+    """Claim a job and finish it DONE, as a worker does."""
+    with experiment.next_job() as job:
+        job.results["r"] = 1
+    return job.id
+
+
+# -- 1. the file deleted or replaced under an open store ---------------------------
+def test_deleted_store_file_fails_loudly_and_keeps_refusing(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    _cycle(experiment)
+    os.remove(path)
+    with pytest.raises(StorageError, match=r"no longer at .*deleted.*nothing more was written"):
+        _cycle(experiment)
+    # Every later call is refused too, reads included, and no new empty file
+    # is left at the path by a reconnecting thread.
+    with pytest.raises(StorageError, match="no longer at"):
+        list(experiment.all_jobs())
+    with pytest.raises(StorageError, match="no longer at"):
+        experiment.add_job({"i": 99})
+    assert not path.exists()
+    db.close()
+
+
+def test_file_deleted_while_a_job_runs_fails_the_job_end(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    with pytest.raises(StorageError, match="no longer at"), experiment.next_job() as job:
+        os.remove(path)
+        job.results["r"] = 1
+    assert not path.exists()
+    db.close()
+
+
+def test_replaced_store_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    other, _ = _store(tmp_path / "other.db", jobs=1)
+    other.close()
+    os.replace(tmp_path / "other.db", path)
+    with pytest.raises(StorageError, match=r"replaced"):
+        _cycle(experiment)
+    with pytest.raises(StorageError, match=r"replaced"):
+        db.get_experiments()
+    db.close()
+
+
+def test_deleted_folder_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    db, experiment = _store(folder / "s.db")
+    _cycle(experiment)
+    shutil.rmtree(folder)
+    with pytest.raises(StorageError, match="no longer at"):
+        _cycle(experiment)
+    assert not folder.exists()
+    db.close()
+
+
+def test_a_commit_into_a_file_deleted_meanwhile_is_reported_lost(tmp_path: Path) -> None:
+    # The file vanishes *during* a write transaction: its commit went to the
+    # unlinked inode, and the caller is told so rather than told it worked.
+    path = tmp_path / "s.db"
+    db, _experiment = _store(path)
+    database = db._storage._db  # type: ignore[attr-defined]
+
+    def body(transaction: object) -> None:
+        cursor = transaction.connection.cursor()  # type: ignore[attr-defined]
+        cursor.execute("UPDATE schedy_experiments SET claims = claims + 1")
+        os.remove(path)
+
+    with pytest.raises(StorageError, match=r"lost"):
+        database.run(body)
+    db.close()
+
+
+def test_issue_scenario_no_job_reported_done_after_deletion(tmp_path: Path) -> None:
+    # The reported loss: 187 jobs DONE with 0 errors after the file was gone.
+    path = tmp_path / "s.db"
+    db, experiment = _store(path, jobs=30)
+    done, errors = 0, 0
+    for index in range(30):
+        if index == 10:
+            os.remove(path)
+        try:
+            _cycle(experiment)
+            done += 1
+        except StorageError:
+            errors += 1
+    assert (done, errors) == (10, 20)
+    db.close()
