@@ -14,17 +14,27 @@ from __future__ import annotations
 from . import errors, pbt, random
 from ._workers import run_workers
 from .db import SchedyDB
-from .experiments import Experiment, ManualSearch, PopulationBasedTraining, RandomSearch, Replay
+from .experiments import (
+    Experiment,
+    Hyperband,
+    ManualSearch,
+    PopulationBasedTraining,
+    RandomSearch,
+    Replay,
+    SuccessiveHalving,
+)
 from .jobs import Job
 
 __all__ = [
     "Experiment",
+    "Hyperband",
     "Job",
     "ManualSearch",
     "PopulationBasedTraining",
     "RandomSearch",
     "Replay",
     "SchedyDB",
+    "SuccessiveHalving",
     "errors",
     "pbt",
     "random",

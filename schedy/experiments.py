@@ -25,11 +25,13 @@ from ._records import (
     experiment_status,
 )
 from ._scheduling import (
+    HyperbandScheduler,
     ManualScheduler,
     PBTScheduler,
     RandomScheduler,
     ReplayScheduler,
     Scheduler,
+    SuccessiveHalvingScheduler,
     UnreadableScheduler,
     scheduler_for,
 )
@@ -41,7 +43,15 @@ from .random import Distribution
 if TYPE_CHECKING:
     from .storage._base import Storage
 
-__all__ = ["Experiment", "ManualSearch", "PopulationBasedTraining", "RandomSearch", "Replay"]
+__all__ = [
+    "Experiment",
+    "Hyperband",
+    "ManualSearch",
+    "PopulationBasedTraining",
+    "RandomSearch",
+    "Replay",
+    "SuccessiveHalving",
+]
 
 #: Polling interval bounds while next_job waits for a busy population.
 _POLL_MIN_S = 0.02
@@ -420,6 +430,121 @@ class PopulationBasedTraining(Experiment):
         return (
             f"PopulationBasedTraining(name={self.name!r}, objective={self.objective!r}, "
             f"result_name={self.result_name!r}, population_size={self.population_size!r})"
+        )
+
+
+class SuccessiveHalving(Experiment):
+    """Asynchronous successive halving (ASHA, Li et al. 2020, arXiv 1810.05934).
+
+    Random configurations from ``distributions`` are trained rung by rung:
+    rung ``k`` trains a model to ``min_budget * reduction_factor**k`` units
+    of resource in total (epochs...), the top rung to ``max_budget``. Each
+    ``next_job`` promotes the best configuration of the highest rung that
+    has one among the top ``1/reduction_factor`` of that rung not yet
+    promoted, else starts a new configuration at the bottom rung, so no
+    worker waits for a rung to fill. A promotion continues the
+    configuration's previous job (same member, generation = rung,
+    ``job.results['model_path']`` its checkpoint), so PBT's worker code and
+    callbacks work unchanged; ``job.budget`` is the total resource the model
+    must have reached when the job ends (the Lightning and Keras callbacks
+    train until it). After ``max_configurations`` configurations (None:
+    endless, like :class:`RandomSearch`) and nothing left to promote the
+    experiment is DONE. (The decision: ``schedy._scheduling._halving``.)
+    """
+
+    _SCHEDULER: ClassVar[type[Scheduler]] = SuccessiveHalvingScheduler
+    objective: _Setting[str] = _Setting()
+    result_name: _Setting[str] = _Setting()
+    distributions: _Setting[dict[str, Distribution]] = _Setting()
+    min_budget: _Setting[float] = _Setting()
+    max_budget: _Setting[float] = _Setting()
+    reduction_factor: _Setting[int] = _Setting()
+    max_configurations: _Setting[int | None] = _Setting()
+    seed: _Setting[int | None] = _Setting()
+    max_member_crashes: _Setting[int] = _Setting()
+
+    def __init__(
+        self,
+        name: str,
+        objective: str,
+        result_name: str,
+        distributions: Mapping[str, Distribution],
+        min_budget: float = 1,
+        max_budget: float | None = None,
+        reduction_factor: int = 3,
+        *,
+        max_configurations: int | None = None,
+        seed: int | None = None,
+        max_member_crashes: int = 3,
+        status: str = ExperimentStatus.RUNNING,
+    ) -> None:
+        super().__init__(name, status)
+        self._scheduler = SuccessiveHalvingScheduler(
+            objective,
+            result_name,
+            distributions,
+            min_budget=min_budget,
+            max_budget=max_budget,
+            reduction_factor=reduction_factor,
+            max_configurations=max_configurations,
+            seed=seed,
+            max_member_crashes=max_member_crashes,
+        )
+
+    @property
+    def budgets(self) -> list[float]:
+        """The total resource of each rung, bottom first."""
+        budgets: list[float] = getattr(self._scheduler, "budgets")  # noqa: B009
+        return list(budgets)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, objective={self.objective!r}, "
+            f"result_name={self.result_name!r}, budgets={self.budgets!r})"
+        )
+
+
+class Hyperband(SuccessiveHalving):
+    """Asynchronous Hyperband: :class:`SuccessiveHalving` in several brackets.
+
+    Bracket ``b`` starts its configurations at rung ``b`` (trading early
+    stopping for robustness when early scores mislead); configurations are
+    dealt to brackets by their member index in a fixed interleaved cycle
+    weighted like Hyperband's ``n_s``, so every bracket spends about the
+    same resource. ``brackets`` (default: one per rung) keeps the first few.
+    """
+
+    _SCHEDULER: ClassVar[type[Scheduler]] = HyperbandScheduler
+    brackets: _Setting[int] = _Setting()
+
+    def __init__(
+        self,
+        name: str,
+        objective: str,
+        result_name: str,
+        distributions: Mapping[str, Distribution],
+        min_budget: float = 1,
+        max_budget: float | None = None,
+        reduction_factor: int = 3,
+        *,
+        brackets: int | None = None,
+        max_configurations: int | None = None,
+        seed: int | None = None,
+        max_member_crashes: int = 3,
+        status: str = ExperimentStatus.RUNNING,
+    ) -> None:
+        Experiment.__init__(self, name, status)
+        self._scheduler = HyperbandScheduler(
+            objective,
+            result_name,
+            distributions,
+            min_budget=min_budget,
+            max_budget=max_budget,
+            reduction_factor=reduction_factor,
+            max_configurations=max_configurations,
+            seed=seed,
+            max_member_crashes=max_member_crashes,
+            brackets=brackets,
         )
 
 

@@ -323,3 +323,15 @@ class Job:
             f"Job(id={self.id!r}, experiment={self.experiment.name!r}, status={self.status!r}, "
             f"hyperparameters={self.hyperparameters!r})"
         )
+
+    @property
+    def budget(self) -> float | None:
+        """The total resource (e.g. epochs, counted along the lineage) the model
+        must have reached when this job ends, for kinds that set one
+        (successive halving and Hyperband: the rung's resource); None otherwise.
+        The Lightning and Keras callbacks train until it when it is set."""
+        budget = getattr(getattr(self.experiment, "_scheduler", None), "budget", None)
+        if budget is None:
+            return None
+        value: float | None = budget(self.member, self.generation)
+        return value

@@ -111,12 +111,14 @@ def test_import_schedy_pulls_no_ml_framework() -> None:
 def test_public_api_names() -> None:
     assert set(schedy.__all__) == {
         "Experiment",
+        "Hyperband",
         "Job",
         "ManualSearch",
         "PopulationBasedTraining",
         "RandomSearch",
         "Replay",
         "SchedyDB",
+        "SuccessiveHalving",
         "errors",
         "pbt",
         "random",

@@ -757,3 +757,60 @@ def test_a_value_no_json_can_hold_ends_the_job_never_running(db: schedy.SchedyDB
     stored = experiment.get_job(job.id)
     assert stored.status == schedy.Job.CRASHED
     assert stored.results == {"loss": 0.5}
+
+
+# -- search kinds beyond vanilla PBT (tests/test_search_kinds.py has their decisions) ------
+
+
+def _search_kind(kind: str) -> schedy.Experiment:
+    space = {"x": schedy.random.Uniform(0.0, 1.0)}
+    if kind == "successive_halving":
+        return schedy.SuccessiveHalving(
+            kind, schedy.pbt.MAXIMIZE, "acc", space, max_budget=9, max_configurations=9, seed=3
+        )
+    if kind == "hyperband":
+        return schedy.Hyperband(
+            kind, schedy.pbt.MAXIMIZE, "acc", space, max_budget=9, max_configurations=9, seed=3
+        )
+    raise AssertionError(kind)
+
+
+SEARCH_KINDS = ["successive_halving", "hyperband"]
+
+
+@pytest.mark.parametrize("kind", SEARCH_KINDS)
+def test_each_search_kind_runs_to_completion(db: schedy.SchedyDB, kind: str) -> None:
+    """A small experiment of each kind, through next_job, to DONE: the kind round-trips,
+    lineage holds (each job continues its parent's results) and a crash is retried."""
+    experiment = _search_kind(kind)
+    db.add_experiment(experiment)
+    stored = db.get_experiment(kind)
+    assert type(stored) is type(experiment) and stored._config() == experiment._config()
+    jobs = 0
+    crashed = False
+    while True:
+        try:
+            job = stored.next_job(timeout=0)
+        except NoJobError:
+            break
+        jobs += 1
+        assert jobs < 200
+        if job.parent_id is not None:
+            parent = stored.get_job(job.parent_id)
+            assert parent.status == schedy.Job.DONE and parent.member == job.member
+            assert job.results.get("model_path") == parent.results.get("model_path")
+        if not crashed and job.generation:
+            crashed = True
+            with pytest.raises(RuntimeError), job:
+                raise RuntimeError("boom")
+            continue
+        with job:
+            if job.budget is not None:
+                job.results["epoch"] = job.budget
+            job.results["model_path"] = f"ckpt/{job.id}"
+            job.results["acc"] = job.hyperparameters.get("x", 0.0) + 0.01 * (job.generation or 0)
+    assert db.get_experiment(kind).status == schedy.Experiment.DONE
+    assert crashed
+    best = stored.best()
+    assert best is not None and best.status == schedy.Job.DONE
+    assert stored.lineage()[0]["generation"] == 0

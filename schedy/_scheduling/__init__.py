@@ -2,7 +2,8 @@
 
 One module per experiment kind behind one small protocol (``_protocol``):
 ``_manual`` (a queue), ``_random_search``, ``_pbt`` (Population Based
-Training) and ``_replay`` (retrain a found schedule). Pure: a function of a
+Training), ``_halving`` (asynchronous successive halving and Hyperband)
+and ``_replay`` (retrain a found schedule). Pure: a function of a
 compact state and a seeded RNG, run by the storage backends inside their
 claim transaction; nothing here touches a store. Adding a kind is one module defining a registered
 :class:`Scheduler` subclass, imported below.
@@ -10,6 +11,7 @@ claim transaction; nothing here touches a store. Adding a kind is one module def
 
 from __future__ import annotations
 
+from ._halving import HyperbandScheduler, SuccessiveHalvingScheduler
 from ._manual import ManualScheduler
 from ._pbt import PBTScheduler
 from ._protocol import (
@@ -37,12 +39,14 @@ __all__ = [
     "Decision",
     "EndMember",
     "Exhausted",
+    "HyperbandScheduler",
     "ManualScheduler",
     "PBTScheduler",
     "RandomScheduler",
     "ReplayScheduler",
     "Scheduler",
     "SchedulingState",
+    "SuccessiveHalvingScheduler",
     "TakeQueued",
     "UnknownKindError",
     "UnreadableScheduler",

@@ -71,12 +71,14 @@ __all__ = [
     "fsspec_module",
     "is_count",
     "is_url",
+    "job_budget",
     "monitored_value",
     "optimizer_values",
     "previous_optimizer_values",
     "record_epoch",
     "resolve_mapping",
     "to_float",
+    "total_budget_decision",
     "update_param_group",
     "without_reserved",
 ]
@@ -247,6 +249,32 @@ def budget_decision(
         return True, (
             f"trained {trained} epoch(s) in this job (epochs {start_epoch} to "
             f"{epochs_completed - 1}; epochs_per_job={epochs_per_job})"
+        )
+    return False, None
+
+
+def job_budget(job: Any) -> int | None:
+    """The lineage epoch ``job`` must reach (``job.budget``, successive halving's
+    rung), as an epoch count; None when its experiment sets no budget."""
+    budget = getattr(job, "budget", None)
+    if budget is None or not _is_positive_number(budget):
+        return None
+    return max(1, math.ceil(float(budget) - 1e-9))
+
+
+def total_budget_decision(
+    start_epoch: int, epochs_completed: int, budget: int
+) -> tuple[bool, str | None]:
+    """Whether a job whose model must reach lineage epoch ``budget`` is there.
+
+    Successive halving gives each rung a *total* resource: a promoted
+    configuration trains from its checkpoint until its epoch counter equals
+    the rung's budget, however many epochs that is in this job.
+    """
+    if epochs_completed >= budget:
+        return True, (
+            f"reached the job's budget: lineage epoch {epochs_completed} >= job.budget "
+            f"{budget} (trained epochs {start_epoch} to {epochs_completed - 1} in this job)"
         )
     return False, None
 
@@ -554,8 +582,13 @@ class JobCallback:
 
     # -- pure decisions ----------------------------------------------------
     def budget_decision(self, epochs_completed: int) -> tuple[bool, str | None]:
-        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done."""
+        """``(should_stop, reason)`` once ``epochs_completed`` lineage epochs are done:
+        the job's total ``job.budget`` when its experiment sets one (successive
+        halving, Hyperband), else ``epochs_per_job`` more epochs."""
         start = epochs_completed - 1 if self.start_epoch is None else self.start_epoch
+        budget = job_budget(self.job)
+        if budget is not None:
+            return total_budget_decision(start, epochs_completed, budget)
         return budget_decision(start, epochs_completed, self.epochs_per_job)  # the function
 
     def epoch_metrics(self, logs: Mapping[str, Any], *, final: bool) -> dict[str, float]:

@@ -117,7 +117,9 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
             :class:`~schedy.integrations.MissingMetricError` listing the
             metrics that exist.
         epochs_per_job: epochs each job trains, counted from where it resumed;
-            ``fit``'s ``epochs`` can stay large.
+            ``fit``'s ``epochs`` can stay large. A job with a ``job.budget``
+            (successive halving, Hyperband) trains until its lineage epoch
+            equals the budget instead.
         checkpoint_dir: folder (or fsspec URL) every worker can read; default
             ``$SCHEDY_CHECKPOINT_DIR``, else ``./checkpoints``.
         optimizer_hyperparameters: extra ``{job hyperparameter: optimizer

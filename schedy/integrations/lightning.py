@@ -105,6 +105,8 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
             :class:`~schedy.integrations.MissingMetricError` listing the
             metrics that exist.
         epochs_per_job: epochs each job trains, counted from where it resumed.
+            A job with a ``job.budget`` (successive halving, Hyperband) trains
+            until its lineage epoch equals the budget instead.
         checkpoint_dir: folder (or fsspec URL) every worker can read; default
             ``$SCHEDY_CHECKPOINT_DIR``, else ``./checkpoints``.
         optimizer_hyperparameters: extra ``{job hyperparameter: optimizer
