@@ -15,6 +15,7 @@ from . import errors, pbt, random
 from ._workers import run_workers
 from .db import SchedyDB
 from .experiments import (
+    PB2,
     Experiment,
     Hyperband,
     ManualSearch,
@@ -26,6 +27,7 @@ from .experiments import (
 from .jobs import Job
 
 __all__ = [
+    "PB2",
     "Experiment",
     "Hyperband",
     "Job",

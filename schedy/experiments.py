@@ -27,6 +27,7 @@ from ._records import (
 from ._scheduling import (
     HyperbandScheduler,
     ManualScheduler,
+    PB2Scheduler,
     PBTScheduler,
     RandomScheduler,
     ReplayScheduler,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .storage._base import Storage
 
 __all__ = [
+    "PB2",
     "Experiment",
     "Hyperband",
     "ManualSearch",
@@ -388,7 +390,7 @@ class PopulationBasedTraining(Experiment):
     single-worker run reproducible. (The decision: ``schedy._scheduling._pbt``.)
     """
 
-    _SCHEDULER = PBTScheduler
+    _SCHEDULER: ClassVar[type[Scheduler]] = PBTScheduler
     objective: _Setting[str] = _Setting()
     result_name: _Setting[str] = _Setting()
     exploit: _Setting[Truncate] = _Setting()
@@ -430,6 +432,66 @@ class PopulationBasedTraining(Experiment):
         return (
             f"PopulationBasedTraining(name={self.name!r}, objective={self.objective!r}, "
             f"result_name={self.result_name!r}, population_size={self.population_size!r})"
+        )
+
+
+class PB2(PopulationBasedTraining):
+    """Population Based Bandits (Parker-Holder et al., NeurIPS 2020, arXiv 2002.02518).
+
+    PBT (exploit as :class:`PopulationBasedTraining`: a bottom member copies
+    a top one, checkpoint included) whose explore step picks the numeric
+    hyperparameters by maximising a UCB acquisition of a Gaussian process
+    fitted to recent ``(generation, hyperparameters) -> score improvement``
+    data, with a kernel that forgets old generations; members still
+    running count against the acquisition, so concurrent explores differ.
+    ``bounds`` maps each searched hyperparameter to ``(low, high)`` (ints:
+    integer), or a ``LogUniform``/``IntLogUniform`` (log scale) or a
+    ``Choice`` (categorical: explored as PBT, resampled with probability
+    0.25 unless ``explore`` says otherwise). ``initial_distributions``
+    defaults to ``bounds``. ``window`` bounds the generations of data the GP
+    sees. Needs numpy and scipy (``pip install 'schedy[pb2]'``). (The
+    decision: ``schedy._scheduling._pb2``.)
+    """
+
+    _SCHEDULER = PB2Scheduler
+    bounds: _Setting[dict[str, Distribution]] = _Setting()
+    window: _Setting[int] = _Setting()
+
+    def __init__(
+        self,
+        name: str,
+        objective: str,
+        result_name: str,
+        bounds: Mapping[str, Any],
+        exploit: Truncate | None = None,
+        explore: Mapping[str, ExploreStrategy] | None = None,
+        initial_distributions: Mapping[str, Distribution] | None = None,
+        population_size: int | None = None,
+        status: str = ExperimentStatus.RUNNING,
+        max_generations: int | None = None,
+        seed: int | None = None,
+        max_member_crashes: int = 3,
+        window: int = 8,
+    ) -> None:
+        Experiment.__init__(self, name, status)
+        self._scheduler = PB2Scheduler(
+            objective,
+            result_name,
+            bounds,
+            exploit=exploit,
+            explore=explore,
+            initial_distributions=initial_distributions,
+            population_size=population_size,
+            max_generations=max_generations,
+            seed=seed,
+            max_member_crashes=max_member_crashes,
+            window=window,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PB2(name={self.name!r}, objective={self.objective!r}, "
+            f"result_name={self.result_name!r}, bounds={self.bounds!r})"
         )
 
 

@@ -114,6 +114,7 @@ def test_public_api_names() -> None:
         "Hyperband",
         "Job",
         "ManualSearch",
+        "PB2",
         "PopulationBasedTraining",
         "RandomSearch",
         "Replay",

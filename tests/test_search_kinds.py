@@ -284,3 +284,166 @@ def test_public_classes_front_the_schedulers() -> None:
     assert hb._KIND == "hyperband" and hb.brackets == 2
     with pytest.raises(ValueError, match="max_budget"):
         schedy.SuccessiveHalving("sh", schedy.pbt.MAXIMIZE, "acc", SPACE)
+
+
+# -- PB2 ---------------------------------------------------------------------------
+from schedy._scheduling._pb2 import PB2Scheduler  # noqa: E402
+
+PB2_BOUNDS: dict[str, Any] = {
+    "lr": schedy.random.LogUniform(1e-4, 1e-1),
+    "width": (16, 256),
+    "m": (0.0, 1.0),
+    "opt": schedy.random.Choice(["sgd", "adam"]),
+}
+
+
+def _pb2(**kwargs: Any) -> PB2Scheduler:
+    options: dict[str, Any] = {"population_size": 8, "seed": 0}
+    options.update(kwargs)
+    bounds = options.pop("bounds", PB2_BOUNDS)
+    return PB2Scheduler(schedy.pbt.MAXIMIZE, "acc", bounds, **options)
+
+
+def _pb2_state(
+    points: list[dict[str, Any]],
+    improvements: list[float],
+    busy: set[int] = frozenset(),  # type: ignore[assignment]
+    seed: int = 0,
+) -> SchedulingState:
+    """Members at generation 5 that trained ``points[i]`` and improved by
+    ``improvements[i]`` in each of their last generations; ``busy`` ones run it again."""
+    members, jobs = [], {}
+    for i, (point, gain) in enumerate(zip(points, improvements)):
+        history = json.dumps([[g, gain * g] for g in range(6)])
+        members.append(
+            MemberRecord(
+                i,
+                head_id=f"h{i}",
+                head_generation=5,
+                score=gain * 5,
+                busy_id=f"b{i}" if i in busy else None,
+                last_id=f"b{i}" if i in busy else f"h{i}",
+                ready_since=float(i),
+                history=history,
+            )
+        )
+        jobs[f"h{i}"] = JobRecord(
+            f"h{i}",
+            "e",
+            JobStatus.DONE,
+            dict(point),
+            {"acc": gain * 5},
+            member=i,
+            generation=5,
+            parent_id=f"p{i}",
+        )
+        jobs[f"b{i}"] = JobRecord(
+            f"b{i}",
+            "e",
+            JobStatus.RUNNING,
+            dict(point),
+            {},
+            member=i,
+            generation=6,
+            parent_id=f"h{i}",
+        )
+    return SchedulingState(None, members, jobs.__getitem__, random.Random(seed))
+
+
+def _point(lr: float, width: int = 64, m: float = 0.5) -> dict[str, Any]:
+    return {"lr": lr, "width": width, "m": m, "opt": "sgd"}
+
+
+def test_pb2_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="bounds must be a non-empty dict"):
+        _pb2(bounds={})
+    with pytest.raises(ValueError, match=r"bounds\['lr'\]"):
+        _pb2(bounds={"lr": schedy.random.Normal(0, 1)})
+    with pytest.raises(ValueError, match="takes no explore strategy"):
+        _pb2(explore={"m": schedy.pbt.Perturb()})
+    scheduler = _pb2()
+    assert isinstance(scheduler.bounds["width"], schedy.random.IntUniform)
+    assert isinstance(scheduler.explore["opt"], schedy.pbt.Resample)  # categorical: as PBT
+    assert scheduler.initial_distributions == scheduler.bounds
+    again = PB2Scheduler.from_config(json.loads(json.dumps(scheduler.to_config())))
+    assert again.to_config() == scheduler.to_config()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pb2_acquisition_stays_within_bounds(seed: int) -> None:
+    rng = random.Random(seed)
+    points = [
+        _point(10 ** rng.uniform(-4, -1), rng.randint(16, 256), rng.random()) for _ in range(8)
+    ]
+    state = _pb2_state(points, [rng.gauss(0, 1) for _ in range(8)], busy={2, 3}, seed=seed)
+    scheduler = _pb2()
+    chosen = scheduler.explored(points[0], state, state.members[7], 6)
+    assert 1e-4 <= chosen["lr"] <= 1e-1
+    assert isinstance(chosen["width"], int) and 16 <= chosen["width"] <= 256
+    assert 0.0 <= chosen["m"] <= 1.0
+    assert chosen["opt"] in ("sgd", "adam")
+
+
+def test_pb2_goes_where_improvements_were_largest() -> None:
+    # Improvement peaks at lr = 1e-2: the acquisition picks near it.
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 5e-2]
+    import math
+
+    gains = [1.0 - abs(math.log10(lr) + 2) / 2 for lr in lrs]
+    state = _pb2_state([_point(lr) for lr in lrs], gains)
+    chosen = _pb2(bounds={"lr": PB2_BOUNDS["lr"]}).explored(
+        {"lr": 1e-4}, state, state.members[0], 6
+    )
+    assert 2e-3 < chosen["lr"] < 5e-2
+
+
+def test_pb2_does_not_pick_a_point_a_running_member_trains() -> None:
+    """Two concurrent explores: the second sees the first's point running and goes elsewhere."""
+    import math
+
+    bounds = {"m": (0.0, 1.0)}
+    ms = [0.1, 0.3, 0.5, 0.7, 0.9, 0.2]
+    gains = [0.5] * len(ms)  # a flat landscape: the acquisition follows the uncertainty
+    points = [{"m": m} for m in ms]
+    first = _pb2(bounds=bounds).explored({"m": 0.5}, _pb2_state(points, gains), _member(0, [1]), 6)
+    # The first explore's job now runs on member 5 (at generation 6, its point).
+    points[5] = dict(first)
+    state = _pb2_state(points, gains, busy={5})
+    second = _pb2(bounds=bounds).explored({"m": 0.5}, state, state.members[0], 6)
+    assert abs(second["m"] - first["m"]) > 0.1
+    # Without the running member, the same draws would choose the same point again.
+    idle = _pb2_state([*points[:5], {"m": 0.2}], gains)
+    again = _pb2(bounds=bounds).explored({"m": 0.5}, idle, idle.members[0], 6)
+    assert math.isclose(again["m"], first["m"])
+
+
+def test_pb2_is_deterministic_under_a_seed() -> None:
+    rng = random.Random(3)
+    points = [
+        _point(10 ** rng.uniform(-4, -1), rng.randint(16, 256), rng.random()) for _ in range(8)
+    ]
+    gains = [rng.random() for _ in range(8)]
+    picks = [
+        _pb2().explored(points[0], _pb2_state(points, gains, seed=7), _member(0, [1]), 6)
+        for _ in range(2)
+    ]
+    assert picks[0] == picks[1]
+
+
+def test_pb2_without_data_draws_in_the_bounds() -> None:
+    state = SchedulingState(None, [_member(0, [0.5])], lambda job_id: None, random.Random(0))  # type: ignore[arg-type,return-value]
+    state.members = []
+    chosen = _pb2(bounds={"m": (0.0, 1.0)}).acquire([], [], 1, state)
+    assert 0.0 <= chosen["m"] <= 1.0
+
+
+def test_pb2_exploits_as_pbt_and_explores_by_the_gp() -> None:
+    rng = random.Random(1)
+    points = [_point(10 ** rng.uniform(-4, -1)) for _ in range(8)]
+    gains = [float(i) for i in range(8)]
+    state = _pb2_state(points, gains)
+    state.members = [m._replace(ready_since=-1.0 if m.index == 0 else 1.0) for m in state.members]
+    decision = _pb2(exploit=schedy.pbt.Truncate(0.25)).decide(state)
+    assert isinstance(decision, CreateJob)
+    assert decision.member == 0 and decision.exploited_from in ("h6", "h7")
+    assert decision.generation == 6 and decision.source_member in (6, 7)

@@ -772,10 +772,21 @@ def _search_kind(kind: str) -> schedy.Experiment:
         return schedy.Hyperband(
             kind, schedy.pbt.MAXIMIZE, "acc", space, max_budget=9, max_configurations=9, seed=3
         )
+    if kind == "pb2":
+        return schedy.PB2(
+            kind,
+            schedy.pbt.MAXIMIZE,
+            "acc",
+            {"x": (0.0, 1.0), "n": (1, 4)},
+            exploit=schedy.pbt.Truncate(0.34),
+            population_size=3,
+            max_generations=4,
+            seed=3,
+        )
     raise AssertionError(kind)
 
 
-SEARCH_KINDS = ["successive_halving", "hyperband"]
+SEARCH_KINDS = ["successive_halving", "hyperband", "pb2"]
 
 
 @pytest.mark.parametrize("kind", SEARCH_KINDS)
@@ -786,7 +797,7 @@ def test_each_search_kind_runs_to_completion(db: schedy.SchedyDB, kind: str) -> 
     db.add_experiment(experiment)
     stored = db.get_experiment(kind)
     assert type(stored) is type(experiment) and stored._config() == experiment._config()
-    jobs = 0
+    jobs = exploits = 0
     crashed = False
     while True:
         try:
@@ -797,8 +808,10 @@ def test_each_search_kind_runs_to_completion(db: schedy.SchedyDB, kind: str) -> 
         assert jobs < 200
         if job.parent_id is not None:
             parent = stored.get_job(job.parent_id)
-            assert parent.status == schedy.Job.DONE and parent.member == job.member
+            assert parent.status == schedy.Job.DONE
+            assert parent.member == job.member or job.exploited_from == parent.id
             assert job.results.get("model_path") == parent.results.get("model_path")
+            exploits += job.exploited_from is not None
         if not crashed and job.generation:
             crashed = True
             with pytest.raises(RuntimeError), job:
@@ -810,7 +823,7 @@ def test_each_search_kind_runs_to_completion(db: schedy.SchedyDB, kind: str) -> 
             job.results["model_path"] = f"ckpt/{job.id}"
             job.results["acc"] = job.hyperparameters.get("x", 0.0) + 0.01 * (job.generation or 0)
     assert db.get_experiment(kind).status == schedy.Experiment.DONE
-    assert crashed
+    assert crashed and (exploits > 0) == (kind == "pb2")
     best = stored.best()
     assert best is not None and best.status == schedy.Job.DONE
     assert stored.lineage()[0]["generation"] == 0

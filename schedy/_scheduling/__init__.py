@@ -2,8 +2,8 @@
 
 One module per experiment kind behind one small protocol (``_protocol``):
 ``_manual`` (a queue), ``_random_search``, ``_pbt`` (Population Based
-Training), ``_halving`` (asynchronous successive halving and Hyperband)
-and ``_replay`` (retrain a found schedule). Pure: a function of a
+Training), ``_pb2`` (PBT exploring by a GP bandit), ``_halving`` (asynchronous
+successive halving and Hyperband) and ``_replay`` (retrain a found schedule). Pure: a function of a
 compact state and a seeded RNG, run by the storage backends inside their
 claim transaction; nothing here touches a store. Adding a kind is one module defining a registered
 :class:`Scheduler` subclass, imported below.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._halving import HyperbandScheduler, SuccessiveHalvingScheduler
 from ._manual import ManualScheduler
+from ._pb2 import PB2Scheduler
 from ._pbt import PBTScheduler
 from ._protocol import (
     ClaimPlan,
@@ -41,6 +42,7 @@ __all__ = [
     "Exhausted",
     "HyperbandScheduler",
     "ManualScheduler",
+    "PB2Scheduler",
     "PBTScheduler",
     "RandomScheduler",
     "ReplayScheduler",

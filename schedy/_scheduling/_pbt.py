@@ -16,9 +16,10 @@ from __future__ import annotations
 import operator
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from .. import _values
+from .._records import MemberRecord
 from ..pbt import (
     MAXIMIZE,
     ExploreStrategy,
@@ -65,7 +66,7 @@ class PBTScheduler(Scheduler):
     """PBT's configuration (validated here, once) and its decision."""
 
     kind = "pbt"
-    arguments = (
+    arguments: ClassVar[tuple[str, ...]] = (
         "objective",
         "result_name",
         "exploit",
@@ -241,6 +242,21 @@ class PBTScheduler(Scheduler):
         keyed.sort(key=_RANK_KEY)
         return [item[3] for item in keyed]
 
+    def explored(
+        self,
+        hyperparameters: Mapping[str, Any],
+        state: SchedulingState,
+        member: MemberRecord,
+        generation: int,
+    ) -> dict[str, Any]:
+        """The hyperparameters an exploit of ``member`` trains with at ``generation``:
+        the copied ones, each varied by its ``explore`` strategy (PB2 overrides this)."""
+        explored = dict(hyperparameters)
+        for key, strategy in self.explore.items():
+            if key in explored:
+                explored[key] = strategy.explore(explored[key], state.rng)
+        return explored
+
     # -- the decision ----------------------------------------------------------
     def decide(self, state: SchedulingState) -> Decision:
         members = state.members
@@ -281,10 +297,9 @@ class PBTScheduler(Scheduler):
         if (in_bottom or keeps_crashing) and top:
             chosen = state.rng.choice(top)
             source = state.load_job(chosen.head_id or "")
-            hyperparameters = dict(source.hyperparameters)
-            for key, strategy in self.explore.items():
-                if key in hyperparameters:
-                    hyperparameters[key] = strategy.explore(hyperparameters[key], state.rng)
+            hyperparameters = self.explored(
+                source.hyperparameters, state, member, (chosen.head_generation or 0) + 1
+            )
             return CreateJob(
                 hyperparameters,
                 source.results,  # unchanged: the store writes its stored text back
