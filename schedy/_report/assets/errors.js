@@ -1,0 +1,11 @@
+window.schedyErrors = [];
+function schedyError(message) {
+  window.schedyErrors.push(String(message));
+  var box = document.getElementById('report-errors');
+  if (box) { box.style.display = 'block'; box.textContent = window.schedyErrors.join('\n'); }
+}
+window.addEventListener('error', function (e) { schedyError('error: ' + e.message); });
+window.addEventListener('unhandledrejection', function (e) { schedyError('error: ' + e.reason); });
+document.addEventListener('securitypolicyviolation', function (e) {
+  schedyError('blocked request: ' + e.blockedURI + ' (' + e.violatedDirective + ')');
+});
