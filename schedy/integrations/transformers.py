@@ -565,9 +565,8 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         apply_optimizer_values(
             [optimizer], [] if lr_scheduler is None else [lr_scheduler], shared, previous
         )
-        if "lr" in shared and lr_scheduler is not None and hasattr(lr_scheduler, "_last_lr"):
-            # What Trainer logs as learning_rate until the scheduler's next step.
-            lr_scheduler._last_lr = [group["lr"] for group in groups]
+        if isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            _resync_lambda_schedule(lr_scheduler, groups)
         if "weight_decay" in values:
             old = None if previous is None else previous.get("weight_decay")
             if old is None or old != values["weight_decay"]:
@@ -598,8 +597,27 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         self._checkpoint_saved()
 
 
+def _resync_lambda_schedule(scheduler: Any, groups: list[Any]) -> None:
+    """Set each group's lr to this job's schedule at the resumed step: ``base * lambda(step)``.
+
+    Every Trainer schedule (``get_scheduler``) is a ``LambdaLR`` whose lambda
+    Trainer builds from the current arguments (warm-up, total steps), while
+    the restored group still holds the rate the old schedule gave this step;
+    the scheduler's next step would fix it, one optimizer step late. For a
+    plain continuation this is the value the group holds already.
+    """
+    lambdas = list(scheduler.lr_lambdas)
+    base_lrs = list(scheduler.base_lrs)
+    if len(lambdas) != len(groups) or len(base_lrs) != len(groups):
+        return
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(base_lrs, lambdas)]
+    for group, lr in zip(groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)  # what Trainer logs as learning_rate until the next step
+
+
 def _evaluates(args: Any) -> bool:
-    """Whether ``args`` evaluate while training (``eval_strategy``; ``evaluation_strategy`` in 4.40)."""
+    """Whether ``args`` evaluate while training (``evaluation_strategy`` in 4.40)."""
     strategy = getattr(args, "eval_strategy", None) or getattr(args, "evaluation_strategy", "no")
     return str(getattr(strategy, "value", strategy)) != "no"
 
