@@ -507,9 +507,11 @@ class MLflow(Tracker):
                 f"{self.step} {log.first_step}: copied member {log.exploited_from_member} "
                 f"(job {log.exploited_from})"
             )
-        latest = tags.get(_ML_GENERATION)
-        if log.generation is None or latest is None or int(latest) <= log.generation:
-            new_tags[_ML_GENERATION] = str(log.generation)
+        latest = tags.get(_ML_GENERATION, "")
+        if log.generation is None or not latest.isdigit() or int(latest) <= log.generation:
+            # The run's latest job (a job logged late, out of order, leaves them be).
+            if log.generation is not None:
+                new_tags[_ML_GENERATION] = str(log.generation)
             new_tags[_ML_HEAD] = log.job_id
             for name, value in log.hyperparameters.items():
                 new_tags[_ML_HYPERPARAMETER + name] = value

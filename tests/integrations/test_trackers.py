@@ -338,6 +338,22 @@ def test_mlflow_live_logging_is_idempotent(tmp_path: Path, mlflow_uri: str) -> N
         assert run.info.status == "FINISHED"  # the export saw the experiment DONE
 
 
+def test_jobs_without_a_member_get_a_run_each(tmp_path: Path, mlflow_uri: str) -> None:
+    db = schedy.SchedyDB(f"sqlite:///{tmp_path}/s.db")
+    search = schedy.RandomSearch("random", {"lr": schedy.random.Uniform(0.0, 1.0)}, seed=1)
+    db.add_experiment(search)
+    for _ in range(3):
+        with search.next_job() as job:
+            _train(job)
+    ids = sorted(job.id for job in search.all_jobs())
+    trackers.export(search, trackers.TensorBoard(tmp_path / "tb"))
+    trackers.export(search, trackers.MLflow(mlflow_uri))
+    runs = _tensorboard(tmp_path / "tb")
+    assert sorted(runs) == sorted(f"job_{job_id}" for job_id in ids)
+    assert all(len(_scalars(run, "acc")) == EPOCHS_PER_JOB for run in runs.values())
+    assert sorted(_mlflow_runs(mlflow_uri, "random")) == sorted(runs)
+
+
 # -- the command -------------------------------------------------------------------
 def test_schedy_export_writes_both_trackers(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], mlflow_uri: str
