@@ -387,7 +387,19 @@ class PopulationBasedTraining(Experiment):
     longer copied), then the experiment is DONE. A member whose job crashes
     resumes from its last DONE job; after ``max_member_crashes`` crashes in a
     row it is replaced by a copy of a top member. ``seed`` makes a
-    single-worker run reproducible. (The decision: ``schedy._scheduling._pbt``.)
+    single-worker run reproducible.
+
+    With ``synchronous=True`` (Ray's ``synch``), a member's decision at
+    generation ``g`` waits until every live member has finished ``g``: the
+    population moves in generations, ranked at equal progress. A crashed or
+    lost member (its lease expires) is ready again and goes first; one that
+    keeps crashing is replaced or retired and no longer waited for, so the
+    barrier never deadlocks and ``next_job(timeout=...)`` still returns.
+
+    A bottom member that cannot copy anyone because every better member has
+    finished its schedule (``max_generations``) is a *straggler*: it is
+    retired (logged with the reason) instead of training on with a schedule
+    known to be behind. (The decision: ``schedy._scheduling._pbt``.)
     """
 
     _SCHEDULER: ClassVar[type[Scheduler]] = PBTScheduler
@@ -400,6 +412,7 @@ class PopulationBasedTraining(Experiment):
     max_generations: _Setting[int | None] = _Setting()
     seed: _Setting[int | None] = _Setting()
     max_member_crashes: _Setting[int] = _Setting()
+    synchronous: _Setting[bool] = _Setting()
 
     def __init__(
         self,
@@ -414,6 +427,7 @@ class PopulationBasedTraining(Experiment):
         max_generations: int | None = None,
         seed: int | None = None,
         max_member_crashes: int = 3,
+        synchronous: bool = False,
     ) -> None:
         super().__init__(name, status)
         self._scheduler = PBTScheduler(
@@ -426,6 +440,7 @@ class PopulationBasedTraining(Experiment):
             max_generations=max_generations,
             seed=seed,
             max_member_crashes=max_member_crashes,
+            synchronous=synchronous,
         )
 
     def __repr__(self) -> str:
@@ -472,6 +487,7 @@ class PB2(PopulationBasedTraining):
         seed: int | None = None,
         max_member_crashes: int = 3,
         window: int = 8,
+        synchronous: bool = False,
     ) -> None:
         Experiment.__init__(self, name, status)
         self._scheduler = PB2Scheduler(
@@ -486,6 +502,7 @@ class PB2(PopulationBasedTraining):
             seed=seed,
             max_member_crashes=max_member_crashes,
             window=window,
+            synchronous=synchronous,
         )
 
     def __repr__(self) -> str:

@@ -259,8 +259,9 @@ def test_exploit_continues_the_source_generation_and_skips_final_members() -> No
     # final generation: can no longer be copied
     members[0] = members[0]._replace(head_generation=5, ended=True)
     decision = experiment._scheduler.decide(_state(members))
-    assert isinstance(decision, CreateJob) and decision.exploited_from is None
-    assert decision.parent_id == "h3" and decision.generation == 2
+    # Nothing to copy and every better member finished: a straggler, ended
+    # (see the straggler tests at the end of this file).
+    assert isinstance(decision, EndMember) and decision.member == 3
 
 
 def test_members_ahead_are_judged_at_the_ready_members_generation() -> None:
@@ -311,3 +312,125 @@ def test_history_keeps_the_last_generations_and_rewinds_on_a_copy() -> None:
     assert _history.score_at(text, 12) == (True, 12.0)
     rewound = _history.extend(text, 15, -1.0)  # a copy continued an earlier lineage
     assert _history.score_at(rewound, 19) == (True, -1.0)
+
+
+# -- synchronous PBT (synchronous=True): the generation barrier ------------------------
+
+
+def _sync(**kwargs: object) -> schedy.PopulationBasedTraining:
+    return _experiment(synchronous=True, **kwargs)
+
+
+def _at(
+    generations: list[int | None], busy: set[int] | None = None, **extra: object
+) -> list[MemberRecord]:
+    scores: list[float | None] = [0.9, 0.5, 0.4, 0.1]
+    members = _members(scores[: len(generations)], busy=busy or set(), **extra)
+    return [
+        m._replace(head_generation=g, head_id=None if g is None else m.head_id)
+        for m, g in zip(members, generations)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("generations", "busy", "ended", "expected"),
+    [
+        # Member 3 still runs generation 3: the others, done with 3, wait for it.
+        ([3, 3, 3, 2], {3}, set(), Wait),
+        # Its job crashed (or its lease expired: the same transition): it is ready
+        # again and holds the barrier, so it goes first.
+        ([3, 3, 3, 2], set(), set(), 3),
+        # It was retired (kept crashing): no longer waited for.
+        ([3, 3, 3, 2], set(), {3}, 0),
+        # Everyone finished generation 3: the barrier is open.
+        ([3, 3, 3, 3], set(), set(), 0),
+        # A member that never finished a job holds the barrier at -1 and is retried first.
+        ([3, 3, 3, None], set(), set(), 3),
+        # Asynchronous members ahead (4) wait for the laggards at 3 to move.
+        ([4, 3, 4, 3], {1, 3}, set(), Wait),
+    ],
+    ids=["waits", "crash-releases", "retired-releases", "open", "never-finished", "ahead-wait"],
+)
+def test_synchronous_barrier(
+    generations: list[int | None], busy: set[int], ended: set[int], expected: object
+) -> None:
+    members = [m._replace(ended=m.index in ended) for m in _at(generations, busy)]
+    if generations[3] is None:
+        members[3] = members[3]._replace(last_id="h3", crashes=1)
+    decision = _sync()._scheduler.decide(_state(members))
+    if expected is Wait:
+        assert isinstance(decision, Wait) and "synchronous" in decision.reason
+    else:
+        assert isinstance(decision, CreateJob) and decision.member == expected
+
+
+def test_synchronous_barrier_release_on_crash_through_the_transitions() -> None:
+    """job_ended(CRASHED) -- also what a lease expiry does -- releases the barrier."""
+    scheduler = _sync()._scheduler
+    members = _at([3, 3, 3, 2], busy={3})
+    assert isinstance(scheduler.decide(_state(members)), Wait)
+    job = JobRecord("b3", "e", "RUNNING", {}, {}, member=3, generation=3)
+    members[3] = scheduler.job_ended(members[3], job, "CRASHED", {}, now=10.0)
+    decision = scheduler.decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.member == 3
+    # Retired after crashing too often: the others go on.
+    members[3] = scheduler.member_retired(members[3])
+    decision = scheduler.decide(_state(members))
+    assert isinstance(decision, CreateJob) and decision.member != 3
+
+
+def test_synchronous_is_stored() -> None:
+    from schedy._scheduling import PBTScheduler
+
+    scheduler = _sync()._scheduler
+    assert PBTScheduler.from_config(scheduler.to_config()).synchronous is True
+    legacy = {k: v for k, v in scheduler.to_config().items() if k != "synchronous"}
+    assert PBTScheduler.from_config(legacy).synchronous is False
+    with pytest.raises(TypeError, match="synchronous"):
+        _experiment(synchronous="yes")
+
+
+# -- stragglers: a bottom member nobody can be copied for --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scores", "finished", "expected"),
+    [
+        # Every better member finished: the straggler is retired.
+        ([0.9, 0.5, 0.4, 0.1], {0}, EndMember),
+        # A better member that can still be copied: a normal exploit.
+        ([0.9, 0.5, 0.4, 0.1], set(), "exploit"),
+        # Tied with the finished ones at equal progress: not worse, it continues.
+        ([0.1, 0.1, 0.1, 0.1], {0, 1, 2}, "continue"),
+        # Not in the bottom: it continues whatever the others did.
+        ([0.1, 0.5, 0.4, 0.9], {0, 1, 2}, "continue"),
+    ],
+    ids=["retired", "exploit", "tie-continues", "top-continues"],
+)
+def test_straggler_rule(scores: list[float | None], finished: set[int], expected: object) -> None:
+    experiment = _experiment(max_generations=6)
+    members = _members(scores, busy={1, 2})
+    members = [
+        m._replace(head_generation=5, ended=True) if m.index in finished else m for m in members
+    ]
+    members[3] = members[3]._replace(head_generation=1, ready_since=-1.0)
+    decision = experiment._scheduler.decide(_state(members))
+    if expected is EndMember:
+        assert isinstance(decision, EndMember) and decision.member == 3
+        assert "straggler" in decision.reason
+    elif expected == "exploit":
+        assert isinstance(decision, CreateJob) and decision.exploited_from == "h0"
+    else:
+        assert isinstance(decision, CreateJob) and decision.exploited_from is None
+        assert decision.member == 3 and decision.generation == 2
+
+
+def test_a_retired_straggler_lets_the_experiment_finish() -> None:
+    scheduler = _experiment(max_generations=6)._scheduler
+    members = _members([0.9, 0.5, 0.4, 0.1])
+    members = [m._replace(head_generation=5, ended=True) for m in members[:3]] + [
+        members[3]._replace(head_generation=1)
+    ]
+    plan = scheduler.plan_claim(_state(members))
+    assert [r.member for r in plan.retired] == [3]
+    assert isinstance(plan.decision, Exhausted) and plan.decision.finish

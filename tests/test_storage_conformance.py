@@ -827,3 +827,36 @@ def test_each_search_kind_runs_to_completion(db: schedy.SchedyDB, kind: str) -> 
     best = stored.best()
     assert best is not None and best.status == schedy.Job.DONE
     assert stored.lineage()[0]["generation"] == 0
+
+
+def test_synchronous_pbt_waits_for_a_generation_and_a_lost_worker_releases_it(
+    db: schedy.SchedyDB,
+) -> None:
+    """synchronous=True: nobody starts generation g+1 before all finished g; a worker
+    lost mid-job (its lease expires) does not deadlock the barrier."""
+    db.add_experiment(_pbt("sync", population=2, max_generations=3, synchronous=True))
+    experiment = db.get_experiment("sync")
+    assert experiment.synchronous is True
+    first, second = experiment.next_job(timeout=0), experiment.next_job(timeout=0)
+    _finish(first, 0.9)
+    # The first member finished generation 0, the second not: the barrier holds.
+    with pytest.raises(NoJobError, match="synchronous"):
+        experiment.next_job(timeout=0)
+    # The second worker is lost: its short lease expires; its member is retried
+    # first (it holds the barrier), then the population moves on.
+    db._storage.renew_lease("sync", second.id, second._lease_token or "", 0.05)
+    time.sleep(0.3)
+    retry = experiment.next_job(timeout=0)
+    assert retry.member == second.member and retry.generation == 0
+    assert experiment.get_job(second.id).status == schedy.Job.CRASHED
+    _finish(retry, 0.1)
+    generations = []
+    while True:
+        try:
+            job = experiment.next_job(timeout=0)
+        except NoJobError:
+            break
+        generations.append(job.generation)
+        _finish(job, 0.5)
+    assert generations == sorted(generations)  # generation by generation
+    assert db.get_experiment("sync").status == schedy.Experiment.DONE

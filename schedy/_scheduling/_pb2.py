@@ -162,6 +162,7 @@ class PB2Scheduler(PBTScheduler):
         "seed",
         "max_member_crashes",
         "window",
+        "synchronous",
     )
 
     def __init__(
@@ -177,6 +178,7 @@ class PB2Scheduler(PBTScheduler):
         seed: int | None = None,
         max_member_crashes: int = 3,
         window: int = 8,
+        synchronous: bool = False,
     ) -> None:
         self.bounds = check_bounds(bounds)
         explore = dict(explore or {})
@@ -211,6 +213,7 @@ class PB2Scheduler(PBTScheduler):
             max_generations=max_generations,
             seed=seed,
             max_member_crashes=max_member_crashes,
+            synchronous=synchronous,
         )
         self._space = _Space(self.bounds)
 
@@ -240,6 +243,7 @@ class PB2Scheduler(PBTScheduler):
             seed=pbt.seed,
             max_member_crashes=pbt.max_member_crashes,
             window=config.get("window", 8),
+            synchronous=pbt.synchronous,
         )
 
     # -- explore -----------------------------------------------------------------

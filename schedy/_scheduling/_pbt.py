@@ -76,6 +76,7 @@ class PBTScheduler(Scheduler):
         "max_generations",
         "seed",
         "max_member_crashes",
+        "synchronous",
     )
 
     def __init__(
@@ -89,6 +90,7 @@ class PBTScheduler(Scheduler):
         max_generations: int | None = None,
         seed: int | None = None,
         max_member_crashes: int = 3,
+        synchronous: bool = False,
     ) -> None:
         self.objective = _objective(objective)
         if not isinstance(result_name, str) or not result_name:
@@ -148,6 +150,9 @@ class PBTScheduler(Scheduler):
         self.max_generations = max_generations
         self.seed = check_seed(seed)
         self.max_member_crashes = max_member_crashes
+        if not isinstance(synchronous, bool):
+            raise TypeError(f"synchronous must be True or False, not {synchronous!r}")
+        self.synchronous = synchronous
 
     # -- configuration ---------------------------------------------------------
     def to_config(self) -> dict[str, Any]:
@@ -161,6 +166,7 @@ class PBTScheduler(Scheduler):
             "max_generations": self.max_generations,
             "seed": self.seed,
             "max_member_crashes": self.max_member_crashes,
+            "synchronous": self.synchronous,
         }
 
     @classmethod
@@ -184,6 +190,7 @@ class PBTScheduler(Scheduler):
             max_generations=config.get("max_generations"),
             seed=config.get("seed"),
             max_member_crashes=config.get("max_member_crashes", 3),
+            synchronous=config.get("synchronous", False),
         )
 
     # -- ranking ---------------------------------------------------------------
@@ -218,6 +225,17 @@ class PBTScheduler(Scheduler):
         """Whether a job may continue ``member``'s head (it is below the last generation)."""
         return member.head_id is not None and not self.is_final_generation(member.head_generation)
 
+    @staticmethod
+    def _score_at(member: Any, generation: int | None) -> float | None:
+        """``member``'s score at ``generation`` when it is ahead and still has it, else
+        its latest (as :meth:`rank` judges it)."""
+        score: float | None = member.score
+        if generation is not None and (member.head_generation or 0) > generation:
+            found, earlier = _history.score_at(member.history, generation)
+            if found:
+                score = earlier
+        return score
+
     def rank(
         self, members: list[Any], rng: random.Random, generation: int | None = None
     ) -> list[Any]:
@@ -233,11 +251,7 @@ class PBTScheduler(Scheduler):
         for member in members:
             if member.head_id is None:
                 continue
-            score = member.score
-            if generation is not None and (member.head_generation or 0) > generation:
-                found, earlier = _history.score_at(member.history, generation)
-                if found:
-                    score = earlier
+            score = self._score_at(member, generation)
             keyed.append((score is None, -(score or 0.0), rng.random(), member))
         keyed.sort(key=_RANK_KEY)
         return [item[3] for item in keyed]
@@ -279,6 +293,32 @@ class PBTScheduler(Scheduler):
                 done = "max_generations reached" if self.max_generations else "all members ended"
                 return Exhausted(f"the experiment is finished ({done})", finish=True)
             return Wait("every population member is busy")
+        if self.synchronous:
+            # Ray's synch=True: a member decides at generation g once every live
+            # member has finished g. The laggard holding the barrier is ready
+            # (then it goes first), running (its job ends or its lease expires,
+            # making it ready) or retired (then it no longer counts): no deadlock.
+            barrier = min(
+                (-1 if m.head_generation is None else m.head_generation)
+                for m in members
+                if not m.ended
+            )
+            released = [
+                m
+                for m in ready
+                if (-1 if m.head_generation is None else m.head_generation) <= barrier
+            ]
+            if not released:
+                behind = sorted(
+                    m.index
+                    for m in members
+                    if not m.ended
+                    and (-1 if m.head_generation is None else m.head_generation) == barrier
+                )
+                return Wait(
+                    f"synchronous PBT: members {behind} have not finished generation {barrier} yet"
+                )
+            ready = released
         member = min(ready, key=lambda m: (m.ready_since, m.index))
         ranked = self.rank(members, state.rng, member.head_generation)
         cutoff = self.exploit._cutoff(len(ranked))
@@ -294,6 +334,28 @@ class PBTScheduler(Scheduler):
             if cutoff
             else False
         )
+        if in_bottom and not top and not keeps_crashing:
+            own = member.score
+            better = [
+                m
+                for m in ranked[:cutoff]
+                if m.index != member.index
+                and (score := self._score_at(m, member.head_generation)) is not None
+                and (own is None or score > own)
+            ]
+            if better and not any(
+                self._can_follow(m) for m in ranked[:cutoff] if m.index != member.index
+            ):
+                # A straggler: every better member has finished (max_generations),
+                # so nobody can be copied and its own schedule is known to be
+                # behind theirs at equal progress. Copying only their
+                # hyperparameters would keep training the worse model; the
+                # finished members already hold the result -- stop spending on it.
+                return EndMember(
+                    member.index,
+                    f"a straggler: in the bottom at generation {member.head_generation} "
+                    "while every better member has finished its schedule (nothing to copy)",
+                )
         if (in_bottom or keeps_crashing) and top:
             chosen = state.rng.choice(top)
             source = state.load_job(chosen.head_id or "")
