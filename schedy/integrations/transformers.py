@@ -452,6 +452,9 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         return control
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.stopping_reason is not None and self._reported_step == state.global_step:
+            # A budget of steps ended this epoch early and was evaluated already.
+            control.should_evaluate = False
         if self.steps_per_job is None and self.stopping_reason is None:
             epoch = _epoch_value(state.epoch)
             if isinstance(epoch, int):
@@ -483,6 +486,8 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         if not self._training:
             return control  # trainer.evaluate() outside train(): not this job's progress
         self._validated = True
+        if self._reported_step == state.global_step:
+            return control  # evaluated again at the same step: the same model
         self._report(state, {**self._logs, **_core.extract_metrics(metrics or {})}, final=False)
         return control
 

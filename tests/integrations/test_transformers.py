@@ -234,7 +234,7 @@ def test_train_needs_exactly_one_callback(make_job: Job, tmp_path: Path) -> None
 def test_a_missing_checkpoint_is_named(make_job: Job, tmp_path: Path) -> None:
     job = make_job("child", results={"model_path": str(tmp_path / "gone.tar")})
     callback = schedy_hf.SchedyCallback(job, "eval_loss")
-    with pytest.raises(FileNotFoundError, match="gone.tar"), callback.resume_checkpoint():
+    with pytest.raises(FileNotFoundError, match=r"gone\.tar"), callback.resume_checkpoint():
         pass
 
 
@@ -258,7 +258,7 @@ def test_jobs_continue_the_lineage_and_train_with_the_perturbed_values(
     make_job: Job, tmp_path: Path
 ) -> None:
     first = make_job("first")
-    trainer, probe = run(first, tmp_path, weight_decay=0.0)
+    _, probe = run(first, tmp_path, weight_decay=0.0)
     path = first.results["model_path"]
     assert path == str(tmp_path / "ckpt" / "first.tar")
     assert first.results["epoch"] == 1
@@ -329,12 +329,13 @@ def test_a_budget_of_steps_resumes_mid_epoch(make_job: Job, tmp_path: Path) -> N
     run(first, tmp_path, callback_options={"steps_per_job": 3})
     assert first.results["step"] == 3
     assert first.results["epoch"] == 0.75
+    assert first.results["history"]["step"] == [3]  # evaluated once, not again at the epoch's end
     assert "eval_accuracy" in first.results  # evaluated where the job stopped
     child = make_job("child", results=dict(first.results))
     _, probe = run(child, tmp_path, callback_options={"steps_per_job": 3})
     assert probe.at_start["step"] == 3
     assert [step for step, _ in probe.lrs] == [3, 4, 5]
-    assert child.results["history"]["step"][-1] == 6
+    assert child.results["history"]["step"] == [3, 4, 6]  # 4: the epoch's own evaluation
     assert child.results["epoch"] == 1.5
 
 
