@@ -103,9 +103,13 @@ class Tracker(abc.ABC):
         ``results['history']``, its hyperparameters at those steps, and the
         exploit when it copied a better member.
 
-        Returns False, writing nothing, when the job was logged before.
-        Reads the job's parent from the store (to know the epochs it inherited).
+        Returns False, writing nothing, when the job was logged before, or
+        when it CRASHED: its epochs belong to no model (its member retries from
+        its last DONE job, and that retry logs the same steps). Reads the
+        job's parent from the store (to know the epochs it inherited).
         """
+        if str(job.status) == "CRASHED":
+            return False
         parent = _parent(job)
         root = None
         if job.member is None and job.parent_id is not None:

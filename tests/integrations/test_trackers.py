@@ -221,6 +221,10 @@ def test_tensorboard_logs_each_job_once(
             (2, pytest.approx(job.results["acc"], rel=1e-6)),
         ]
     }
+    crashed = experiment.get_job(job.id)
+    crashed.status = schedy.Job.CRASHED  # as after an exception in `with job:`
+    assert trackers.TensorBoard(tmp_path / "crashed").log_job(crashed) is False
+    assert not (tmp_path / "crashed").exists()
     # An export afterwards (another tracker object, as another process) skips it.
     summary = trackers.export(experiment, trackers.TensorBoard(tmp_path))
     assert summary.skipped == 1 and summary.written == len(list(experiment.all_jobs())) - 1
