@@ -447,3 +447,21 @@ def test_pb2_exploits_as_pbt_and_explores_by_the_gp() -> None:
     assert isinstance(decision, CreateJob)
     assert decision.member == 0 and decision.exploited_from in ("h6", "h7")
     assert decision.generation == 6 and decision.source_member in (6, 7)
+
+
+# -- the callbacks follow job.budget --------------------------------------------------
+def test_callbacks_train_to_the_jobs_budget() -> None:
+    from types import SimpleNamespace
+
+    from schedy.integrations import _core
+
+    assert _core.job_budget(SimpleNamespace(budget=9)) == 9
+    assert _core.job_budget(SimpleNamespace(budget=None)) is None
+    assert _core.job_budget(SimpleNamespace()) is None  # a job of another kind
+    callback = _core.JobCallback()
+    job = SimpleNamespace(id="j", hyperparameters={}, results={}, put=lambda: None, budget=9)
+    callback._take_job(job, "acc", 1, None, None, None, ".ckpt")  # type: ignore[arg-type]
+    callback.start_epoch = 3  # a promotion resumed at lineage epoch 3 (rung 1's budget)
+    assert callback.budget_decision(4) == (False, None)  # epochs_per_job=1 is not followed
+    stop, reason = callback.budget_decision(9)
+    assert stop and reason is not None and "job.budget 9" in reason
