@@ -42,6 +42,12 @@ class _LeaseKeeper:
     — starting a thread costs more than a whole scheduling cycle. It renews
     each lease every third of its duration, so a worker survives two missed
     renewals before its job is declared lost.
+
+    A renewal waits out a store that is away (the HTTP client retries it for
+    ``retry_seconds``) and lands when it is back, so an outage shorter than
+    the lease costs nothing. Renewals that fail even so are logged once per
+    outage, not every third of a lease: the first failure is a warning, the
+    next ones stay quiet until a renewal reaches the store again.
     """
 
     def __init__(self) -> None:
@@ -52,6 +58,8 @@ class _LeaseKeeper:
         # When the thread will next wake up by itself: an added job due later
         # needs no wake-up call, so a short job costs no thread switch.
         self._wake_at = math.inf
+        # Since when renewals fail (None: they reach the store).
+        self._failing_since: float | None = None
 
     def add(self, job: Job) -> None:
         with self._cond:
@@ -87,6 +95,26 @@ class _LeaseKeeper:
                     continue
             for job in due:
                 job._renew_lease()
+
+    def renewal_failed(self, job: Job, error: Exception) -> None:
+        """A renewal did not reach the store: said once per outage."""
+        if self._failing_since is not None:
+            logger.debug("could not renew the lease of job %s either: %s", job.id, error)
+            return
+        self._failing_since = time.monotonic()
+        logger.warning(
+            "could not renew the lease of job %s (%s); renewals go on every third of a "
+            "lease, and say nothing more until one reaches the store",
+            job.id,
+            error,
+        )
+
+    def renewal_reached(self) -> None:
+        since, self._failing_since = self._failing_since, None
+        if since is not None:
+            logger.info(
+                "lease renewals reach the store again, after %.0f s", time.monotonic() - since
+            )
 
 
 _keeper = _LeaseKeeper()
@@ -144,6 +172,10 @@ class Job:
         self._lease_token: str | None = None
         self._lease_seconds = 60.0
         self._lease_lost = False
+        # When a renewal (or the claim) last reached the store, and whether
+        # this job left `with` (a renewal answered after that says nothing).
+        self._renewed_at = time.monotonic()
+        self._stopped = False
 
     @classmethod
     def _from_record(
@@ -233,24 +265,43 @@ class Job:
         token = self._lease_token
         if token is None or self._lease_lost:
             return
+        sent = time.monotonic()
         try:
             held = self._storage.renew_lease(
                 self.experiment.name, self.id, token, self._lease_seconds
             )
-        except Exception:  # a transient outage must not kill the heartbeat
-            logger.warning(
-                "could not renew the lease of job %s; will retry", self.id, exc_info=True
-            )
+        except Exception as error:  # an outage longer than the retries: try again later
+            _keeper.renewal_failed(self, error)
             return
-        if not held:
-            self._lease_lost = True
-            logger.error(
-                "job %s of %r lost its lease (it was marked CRASHED); its results will be refused",
-                self.id,
-                self.experiment.name,
-            )
+        _keeper.renewal_reached()
+        if held:
+            self._renewed_at = sent
+            return
+        if self._stopped or self._lease_token != token:
+            return  # the job ended meanwhile: its last put tells what happened
+        self._lease_lost = True
+        logger.error(
+            "job %s of %r lost its lease: %s; it was marked CRASHED and its population "
+            "member goes on in another worker, so its results will be refused",
+            self.id,
+            self.experiment.name,
+            self._silence() or "another writer took the job over",
+        )
+
+    def _silence(self) -> str | None:
+        """How the lease came to be lost, when this worker can tell: no renewal
+        reached the store for longer than the lease (else None)."""
+        silent = time.monotonic() - self._renewed_at
+        if silent <= self._lease_seconds:
+            return None
+        return (
+            f"no lease renewal reached the store for {silent:.0f} s, longer than its "
+            f"{self._lease_seconds:g} s lease (the store was away, or this process stalled, "
+            "that long)"
+        )
 
     def _stop_heartbeat(self) -> None:
+        self._stopped = True
         _keeper.remove(self)
 
     # -- context manager ---------------------------------------------------
@@ -261,6 +312,7 @@ class Job:
             if self._lease_token is not None:
                 self._renew_lease()  # from the store's first lease to this job's own length
         if self._lease_token is not None:
+            self._stopped = False
             _keeper.add(self)
         return self
 
@@ -279,10 +331,17 @@ class Job:
             self.error = "".join(lines)[-4000:]
         try:
             self.put()
-        except UnsafeUpdateError:
+        except UnsafeUpdateError as error:
             if exc_type is None:
-                raise
-            logger.error("could not record the crash of job %s: its lease was lost", self.id)
+                silence = self._silence()
+                if silence is None:
+                    raise
+                raise UnsafeUpdateError(
+                    f"{error} Here {silence}: keep lease_seconds (SchedyDB(lease_seconds=...), "
+                    "$SCHEDY_LEASE_SECONDS) above the longest outage of the store you expect."
+                ) from None
+            if not self._lease_lost:  # else it was said when the heartbeat found out
+                logger.error("could not record the crash of job %s: its lease was lost", self.id)
         except TypeError:
             self._end_with_what_can_be_stored(exc_type is None)
 
