@@ -7,10 +7,18 @@ CUDA context. On a machine with GPUs each worker sees one through
 SIGINT, which ends the current job as CRASHED through ``with job:``, so no
 job is left RUNNING; stragglers are ended after a grace period. That
 supervision is :mod:`schedy._processes`, shared with ``schedy run``.
+
+While they run, the launcher prints one line per finished job, read from
+the store every second (:mod:`schedy._progress`) -- e.g. ``member 3 gen 5 ←
+member 1 (exploit)  lr 0.012→0.014  val_acc 0.971`` -- and nothing else of
+its own, so a run of hours reads as a short log of what PBT did;
+``progress="quiet"`` prints nothing, ``"verbose"`` also says when each
+worker starts and ends and lets workers say everything they have to say.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -18,11 +26,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from ._processes import GRACE_SECONDS, Child, exit_code, stop, wait
-from .errors import NoJobError
+from ._processes import GRACE_SECONDS, Child, alive, describe_exit, exit_code, stop, wait
+from .errors import NoJobError, SchedyError
+
+if TYPE_CHECKING:
+    from ._progress import FinishedJobs
+    from .db import SchedyDB
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +43,11 @@ __all__ = ["run_workers"]
 
 #: A worker whose function crashes this many jobs in a row stops (a bug, not bad luck).
 MAX_CONSECUTIVE_CRASHES = 3
+#: How often the launcher reads the store for newly finished jobs.
+POLL_SECONDS = 1.0
+#: What the launcher prints: a line per finished job, nothing, or that and more.
+Progress = Literal["lines", "quiet", "verbose"]
+_PROGRESS = ("lines", "quiet", "verbose")
 
 
 def detect_gpus() -> list[str]:
@@ -49,11 +67,13 @@ def detect_gpus() -> list[str]:
 
 
 def _worker_env(
-    index: int, gpus: Sequence[str], url: str | None, experiment: str
+    index: int, gpus: Sequence[str], url: str | None, experiment: str, verbose: bool = False
 ) -> dict[str, str]:
     env = dict(os.environ)
     env["SCHEDY_EXPERIMENT"] = experiment
     env["SCHEDY_WORKER_INDEX"] = str(index)
+    if verbose:
+        env["SCHEDY_VERBOSE"] = "1"
     if url is not None:
         env["SCHEDY_URL"] = url
     if gpus:
@@ -62,10 +82,23 @@ def _worker_env(
 
 
 def _function_worker(
-    index: int, env: dict[str, str], url: str | None, experiment: str, train: Callable[[Any], Any]
+    index: int,
+    env: dict[str, str],
+    url: str | None,
+    experiment: str,
+    train: Callable[[Any], Any],
+    verbose: bool = False,
 ) -> None:
-    """Body of one function worker process: loop on next_job until nothing can come."""
+    """Body of one function worker process: loop on next_job until nothing can come.
+
+    A crashed job's traceback is stored with the job (and its line printed by
+    the launcher); it is logged here too only when ``verbose``. Stopping
+    after crashes in a row is always said.
+    """
     os.environ.update(env)
+    if not verbose:
+        # schedy's own log records (e.g. a member retired) stay out of the run's output.
+        logging.getLogger("schedy").addHandler(logging.NullHandler())
     # Own process group: a terminal's Ctrl-C reaches only the launcher, which
     # forwards exactly one SIGINT (a second one could cut short the put that
     # records the job as CRASHED).
@@ -87,10 +120,71 @@ def _function_worker(
             sys.exit(130)
         except Exception:
             crashes += 1
-            logger.exception("worker %d: job crashed (%d in a row)", index, crashes)
+            if verbose:
+                logger.exception("worker %d: job crashed (%d in a row)", index, crashes)
             if crashes >= MAX_CONSECUTIVE_CRASHES:
-                logger.error("worker %d stops after %d crashes in a row", index, crashes)
+                print(
+                    f"schedy: worker {index} stops after {crashes} crashed jobs in a row "
+                    "(their errors are stored with the jobs: schedy show NAME JOB)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 sys.exit(1)
+
+
+class _Progress:
+    """The launcher's view of the run: a line per finished job, read from the store.
+
+    Reading never stops the run: a store that cannot be read right now (or
+    an experiment that is gone) just means no line this time.
+    """
+
+    def __init__(self, url: str | None, experiment: str, progress: Progress) -> None:
+        self.progress = progress
+        self._db: SchedyDB | None = None
+        self._watcher: FinishedJobs | None = None
+        self._next = 0.0
+        self._failed = False
+        if progress == "quiet":
+            return
+        try:
+            from ._progress import FinishedJobs
+            from .db import SchedyDB
+
+            self._db = SchedyDB(url)
+            self._watcher = FinishedJobs(self._db.get_experiment(experiment))
+        except (SchedyError, OSError) as error:
+            self._note(f"no progress lines: {error}")
+            self.close()
+
+    def _note(self, message: str) -> None:
+        if self.progress == "verbose":
+            print(f"schedy: {message}", file=sys.stderr, flush=True)
+
+    def say(self, message: str) -> None:
+        """A line about the workers themselves (verbose only)."""
+        self._note(message)
+
+    def tick(self, force: bool = False) -> None:
+        """Print the lines of the jobs that finished since the last look (at most
+        one look per :data:`POLL_SECONDS` unless ``force``)."""
+        if self._watcher is None or (not force and time.monotonic() < self._next):
+            return
+        self._next = time.monotonic() + POLL_SECONDS
+        from ._progress import describe
+
+        try:
+            for job in self._watcher.poll():
+                print(describe(self._watcher, job), flush=True)
+        except (SchedyError, OSError) as error:
+            if not self._failed:
+                self._note(f"cannot read the store for progress lines now: {error}")
+            self._failed = True
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        self._db = self._watcher = None
 
 
 def run_workers(
@@ -101,6 +195,7 @@ def run_workers(
     db: str | None = None,
     gpus: Sequence[str] | None = None,
     grace: float = GRACE_SECONDS,
+    progress: Progress = "lines",
 ) -> int:
     """Run ``workers`` local worker processes on ``experiment`` until it is done.
 
@@ -111,16 +206,27 @@ def run_workers(
     GPUs (``gpus``, default: detected), ``CUDA_VISIBLE_DEVICES``. Returns 0
     when every worker ended cleanly, else the first non-zero exit code
     (130 after Ctrl-C).
+
+    ``progress``: ``"lines"`` prints one line per finished job on stdout
+    (read from the store every second), ``"quiet"`` nothing, ``"verbose"``
+    also when each worker starts and ends, and sets ``SCHEDY_VERBOSE=1`` for
+    the workers (function workers then log a crashed job's traceback; the
+    examples' workers let their framework talk).
     """
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, not {workers!r}")
+    if progress not in _PROGRESS:
+        raise ValueError(f"progress must be one of {', '.join(_PROGRESS)}, not {progress!r}")
     if isinstance(train, str):
         raise TypeError("give the command as a list of arguments, e.g. ['python', 'train.py']")
     if not callable(train) and not list(train):
         raise ValueError("the worker command is empty")
     gpu_ids = list(detect_gpus() if gpus is None else gpus)
-    envs = [_worker_env(i, gpu_ids, db, experiment) for i in range(workers)]
+    verbose = progress == "verbose"
+    envs = [_worker_env(i, gpu_ids, db, experiment, verbose) for i in range(workers)]
     processes: list[Child] = []
+    # Opened before the workers start, so only the jobs of this run are reported.
+    lines = _Progress(db, experiment, progress)
     # The launcher treats SIGTERM like Ctrl-C: stop the workers, do not orphan them.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -129,11 +235,12 @@ def run_workers(
             for index, env in enumerate(envs):
                 spawned = context.Process(
                     target=_function_worker,
-                    args=(index, env, db, experiment, train),
+                    args=(index, env, db, experiment, train, verbose),
                     name=f"schedy-worker-{index}",
                 )
                 spawned.start()
                 processes.append(spawned)
+                lines.say(f"worker {index} started (pid {spawned.pid})")
         else:
             command = list(train)
             for env in envs:
@@ -145,12 +252,28 @@ def run_workers(
                         f"cannot start worker command {command[0]!r}: {error}"
                     ) from None
                 processes.append(child)
-        for process in processes:
-            wait(process, None)
+                lines.say(f"worker {len(processes) - 1} started (pid {child.pid})")
+        _wait_all(processes, lines)
     except KeyboardInterrupt:
         stop(processes, grace)
+        with contextlib.suppress(KeyboardInterrupt):
+            lines.tick(force=True)  # the jobs Ctrl-C ended, CRASHED
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        lines.close()
     codes = [exit_code(process) for process in processes]
     return next((code for code in codes if code != 0), 0)
+
+
+def _wait_all(processes: Sequence[Child], lines: _Progress) -> None:
+    """Wait for every worker to end, printing progress lines meanwhile."""
+    running = dict(enumerate(processes))
+    while running:
+        wait(next(iter(running.values())), POLL_SECONDS if lines.progress != "quiet" else None)
+        for index, process in list(running.items()):
+            if not alive(process):
+                del running[index]
+                lines.say(f"worker {index} {describe_exit(exit_code(process))}")
+        lines.tick()
+    lines.tick(force=True)

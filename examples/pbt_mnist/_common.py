@@ -37,6 +37,12 @@ def worker_arguments(description: str) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads per worker (workers run side by side)"
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        default=os.environ.get("SCHEDY_VERBOSE") == "1",  # set by `schedy worker --verbose`
+        help="let the framework print its per-job notes and warnings",
+    )
     return parser.parse_args()
 
 

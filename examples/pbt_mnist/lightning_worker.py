@@ -10,6 +10,9 @@ perturbed learning rate, stops after ``--epochs-per-job`` epochs, saves
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import _common
 import lightning as L
 import torch
@@ -19,6 +22,13 @@ from schedy.integrations.lightning import SchedyCallback
 
 args = _common.worker_arguments(__doc__ or "")
 torch.set_num_threads(args.threads)
+if not args.verbose:
+    # The launcher prints one line per job; Lightning's notes on every Trainer (GPU/TPU
+    # available, tips) and its hints about this small example's loaders stay out.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module=r"lightning\.")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers")
 
 
 class LitMLP(L.LightningModule):

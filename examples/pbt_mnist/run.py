@@ -4,8 +4,9 @@
 
 Uses the embedded store (./schedy.db, or --db / $SCHEDY_URL), launches the
 chosen worker script N times with ``schedy.run_workers`` (one GPU each where
-there are GPUs), then prints the population, the best job, its score and its
-hyperparameter schedule (``schedy show``).
+there are GPUs), printing one line per finished job (``--quiet``: none;
+``--verbose``: the frameworks' own output too), then prints the population,
+the best job, its score and its hyperparameter schedule (``schedy show``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-dir", default="checkpoints")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", action="store_true", help="no line per finished job")
+    talk.add_argument(
+        "--verbose", action="store_true", help="the workers' and frameworks' whole output"
+    )
     args = parser.parse_args(argv)
 
     db = schedy.SchedyDB(args.db)
@@ -66,11 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     if args.download:
         command.append("--download")
+    if args.verbose:
+        command.append("--verbose")
     print(
         f"{args.workers} {args.framework} workers on {db.url}: population {args.population}, "
         f"{args.generations} generations of {args.epochs_per_job} epoch(s) on {args.dataset}"
     )
-    code = schedy.run_workers(command, NAME, workers=args.workers, db=db.url)
+    progress = "quiet" if args.quiet else "verbose" if args.verbose else "lines"
+    code = schedy.run_workers(command, NAME, workers=args.workers, db=db.url, progress=progress)
     schedy.cli.main(["--db", db.url, "show", NAME])
     return code
 

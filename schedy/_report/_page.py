@@ -41,7 +41,7 @@ def _asset(name: str) -> str:
     return (resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
 
 
-def _plotly_js() -> str:
+def plotly_js() -> str:
     try:
         from plotly.offline import get_plotlyjs
     except ImportError:
@@ -221,7 +221,7 @@ def render(data: Mapping[str, Any]) -> str:
     is inlined; the page makes no request (its Content-Security-Policy
     forbids it) and shows any script error at its top.
     """
-    plotly_js = _plotly_js()
+    script = plotly_js()
     view = View(data)
     built = figures(data, view)
     name = data["experiment"]["name"]
@@ -245,7 +245,7 @@ def render(data: Mapping[str, Any]) -> str:
         sections.append('<section><p class="muted">This experiment has no job yet.</p></section>')
     scripts = [
         f'<script type="application/json" id="figures-data">{_json_for_script(built)}</script>',
-        f"<script>{plotly_js}</script>",
+        f"<script>{script}</script>",
         f"<script>{_asset('plots.js')}</script>",
     ]
     if view.ids:

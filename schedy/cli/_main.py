@@ -20,13 +20,30 @@ from collections.abc import Sequence
 from .. import __version__
 from ..db import DEFAULT_URL
 from ..errors import SchedyError
-from . import _add, _export, _list, _push, _rm, _run, _server, _show, _worker
+from . import (
+    _add,
+    _export,
+    _lineage,
+    _list,
+    _push,
+    _replay,
+    _report,
+    _rm,
+    _run,
+    _server,
+    _show,
+    _top,
+    _worker,
+)
 from ._base import Commands, Store, UsageError
 
 __all__ = ["main"]
 
 #: Every command, in the order ``schedy --help`` lists them.
-_COMMANDS = (_add, _push, _list, _show, _rm, _export, _run, _worker, _server)
+_COMMANDS = (
+    *(_add, _push, _list, _show, _lineage, _top, _report, _replay),
+    *(_rm, _export, _run, _worker, _server),
+)
 
 
 def _common_parser() -> argparse.ArgumentParser:

@@ -2,25 +2,25 @@
 
 PBT's product is a schedule, so showing a PBT experiment means showing its
 population, its best job and the hyperparameter schedule that trained it;
-showing a PBT job means the schedule behind that job. ``--watch`` redraws
-the same view until the experiment is DONE, for following a run from a
-terminal without a dashboard.
+showing a PBT job means the schedule behind that job. ``--watch`` follows
+a run until the experiment is DONE: on a terminal (with rich installed) it
+is ``schedy top``'s live view, otherwise (a pipe, a log file) it prints the
+same description again every SECONDS.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 import time
 from datetime import datetime
-from typing import Any
 
 from .._records import MemberRecord
 from ..experiments import Experiment, PopulationBasedTraining
-from ..jobs import Job
 from ._base import Commands, Store, UsageError, emit
-from ._table import SCHEDY, Column, Table, describe_experiment, describe_job, text
+from ._table import SCHEDY, Table, describe_experiment, describe_job, schedule_table, text
 
 __all__ = ["setup"]
 
@@ -50,26 +50,6 @@ def _population_table(exp: PopulationBasedTraining, members: list[MemberRecord])
     return table
 
 
-def _schedule_table(exp: PopulationBasedTraining, lineage: list[Job]) -> Table:
-    """The best job's ancestry: per step, the hyperparameters that changed and the result."""
-    table = Table()
-    previous: dict[str, Any] = {}
-    for step in lineage:
-        row: dict[Column, Any] = {
-            (SCHEDY, "generation"): step.generation,
-            (SCHEDY, "id"): step.id,
-            (SCHEDY, "member"): step.member,
-            (SCHEDY, "exploited_from"): step.exploited_from,
-        }
-        for name, value in step.hyperparameters.items():
-            if name not in previous or text(previous[name]) != text(value):
-                row[("hyperparameter", name)] = value
-        row[("result", exp.result_name)] = step.results.get(exp.result_name)
-        table.add_row(row)
-        previous = step.hyperparameters
-    return table
-
-
 def _show_population(exp: PopulationBasedTraining) -> None:
     members = exp.population()
     if not members:
@@ -78,21 +58,17 @@ def _show_population(exp: PopulationBasedTraining) -> None:
     size = exp.population_size or len(members)
     print(f"\nPopulation ({len(members)} of {size} members):")
     print(_population_table(exp, members).render())
-    scored = [
-        (member.score, member.head_id)
-        for member in members
-        if member.score is not None and member.head_id is not None
-    ]
-    if not scored:
+    # The best job ever (experiment.best(), as everywhere), not the best current head.
+    best = exp.best()
+    if best is None:
         print(f"\nNo member has reported {exp.result_name!r} yet.")
         return
-    best = exp.get_job(max(scored)[1])
     value = text(best.results.get(exp.result_name))
     print(
         f"\nBest: job {best.id} (member {best.member}, generation {best.generation}, "
         f"{exp.result_name} = {value}). Its hyperparameter schedule:"
     )
-    print(_schedule_table(exp, best.lineage()).render())
+    print(schedule_table(exp.lineage(best.id), exp.result_name).render())
 
 
 def _show_experiment(experiment: Experiment) -> None:
@@ -130,6 +106,11 @@ def _show(args: argparse.Namespace, store: Store) -> int:
             raise UsageError("--watch follows a whole experiment: leave out the job id")
         if not (math.isfinite(args.watch) and args.watch > 0):
             raise UsageError(f"--watch takes a number of seconds > 0, not {args.watch:g}")
+        if sys.stdout.isatty() and importlib.util.find_spec("rich") is not None:
+            # On a terminal, the live view of `schedy top` (same interval, same ending).
+            from ._top import run_top
+
+            return run_top(store.open().get_experiment(args.experiment), args.watch)
         return _watch(store, args.experiment, args.watch)
     experiment = store.open().get_experiment(args.experiment)
     if args.job is None:
@@ -139,7 +120,7 @@ def _show(args: argparse.Namespace, store: Store) -> int:
     emit(describe_job(job))
     if isinstance(experiment, PopulationBasedTraining) and job.member is not None:
         print("\nIts hyperparameter schedule (how this job's model was trained):")
-        print(_schedule_table(experiment, job.lineage()).render())
+        print(schedule_table(experiment.lineage(job.id), experiment.result_name).render())
     return 0
 
 
@@ -167,5 +148,6 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
         type=float,
         const=5.0,
         metavar="SECONDS",
-        help="redraw every SECONDS (default 5) until the experiment is DONE",
+        help="redraw every SECONDS (default 5) until the experiment is DONE (on a terminal: "
+        "the live view of schedy top)",
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .. import _lineage
 from .._values import canonical, is_number
 from ..experiments import Experiment, PopulationBasedTraining
 from ..jobs import Job
@@ -33,6 +34,7 @@ __all__ = [
     "describe_job",
     "experiment_row",
     "job_row",
+    "schedule_table",
     "text",
 ]
 
@@ -44,6 +46,11 @@ Column = tuple[str, str]
 SCHEDY = "schedy"
 JOB_BRIEF: list[Column] = [(SCHEDY, "id"), (SCHEDY, "status")]
 EXPERIMENT_BRIEF: list[Column] = [(SCHEDY, "name"), (SCHEDY, "status"), (SCHEDY, "scheduler")]
+#: The integrations' per-epoch metric histories (``{metric: [value per epoch]}``):
+#: they grow with every generation, so tables leave them out unless asked for.
+HISTORY: Column = ("result", "history")
+#: In a drawn table, a longer cell is cut (a path or a list must not widen every row).
+MAX_CELL = 60
 
 # -- values -------------------------------------------------------------------
 
@@ -53,11 +60,24 @@ def text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, allow_nan=True)
 
 
-def _cell(value: Any) -> Any:
-    """A value for tabulate: numbers stay numbers so they align and round."""
+def _cell(value: Any, width: int | None = None) -> Any:
+    """A value for tabulate: numbers stay numbers so they align and round; text
+    longer than ``width`` is cut with an ellipsis."""
     if value is None or is_number(value):
         return value
-    return text(value)
+    shown = text(value)
+    if width is not None and len(shown) > width:
+        return shown[: width - 1] + "…"
+    return shown
+
+
+def summarize_history(value: Any) -> Any:
+    """A results history as one short line: ``loss, val_acc: 120 epochs``."""
+    if not isinstance(value, Mapping) or not value:
+        return value
+    lengths = {len(v) if isinstance(v, list) else 1 for v in value.values()}
+    epochs = f"{lengths.pop()} epochs" if len(lengths) == 1 else "epochs"
+    return f"{', '.join(map(str, value))}: {epochs} (the per-epoch history)"
 
 
 def _is_missing(value: Any) -> bool:
@@ -142,6 +162,12 @@ class Table:
             return self
         return self.only([self.resolve(field) for field in fields])
 
+    def drop(self, column: Column) -> Table:
+        """This table without ``column`` (if it has it)."""
+        if column not in self.columns:
+            return self
+        return self.only([c for c in self.columns if c != column])
+
     def only(self, columns: Sequence[Column]) -> Table:
         present = [column for column in columns if column in self.columns]
         table = Table()
@@ -153,7 +179,8 @@ class Table:
         if not self.rows:
             return ""
         columns = list(self.columns)
-        cells = [[_cell(row.get(column)) for column in columns] for row in self.rows]
+        width = None if fmt == "plain" else MAX_CELL
+        cells = [[_cell(row.get(column), width) for column in columns] for row in self.rows]
         # Text such as a job id '1e10' must not be read as a number.
         text_columns = [
             index
@@ -247,6 +274,42 @@ def describe_experiment(exp: Experiment) -> str:
 
 
 def describe_job(job: Job) -> str:
-    """A job with its lineage (for PBT), times and error, one ``field: value`` per line."""
+    """A job with its lineage (for PBT), times and error, one ``field: value`` per line
+    (its per-epoch history summed up in one line)."""
     lineage = isinstance(job.experiment, PopulationBasedTraining)
-    return Table([job_row(job, lineage=lineage, details=True)]).render_paragraphs()
+    row = job_row(job, lineage=lineage, details=True)
+    if HISTORY in row:
+        row[HISTORY] = summarize_history(row[HISTORY])
+    return Table([row]).render_paragraphs()
+
+
+def schedule_table(
+    steps: Sequence[Mapping[str, Any]], result_name: str | None, *, fold: bool = False
+) -> Table:
+    """A lineage (:meth:`schedy.Experiment.lineage` steps) as a table: per step its
+    generation, job id, member, the job it copied (an exploit), the hyperparameters
+    that changed and its ``result_name``.
+
+    With ``fold``, runs of steps with unchanged hyperparameters on one member are
+    one row: its generations as ``first-last``, ``jobs`` how many it folds, the
+    id and score of its last job.
+    """
+    rows = _lineage.changes(_lineage.fold(steps) if fold else steps)
+    table = Table()
+    for step in rows:
+        row: dict[Column, Any] = {}
+        if fold:
+            first, last = step["generations"]
+            row[(SCHEDY, "generation")] = first if first == last else f"{first}-{last}"
+            row[(SCHEDY, "jobs")] = step["jobs"]
+            row[(SCHEDY, "id")] = step["last_job_id"]
+        else:
+            row[(SCHEDY, "generation")] = step["generation"]
+            row[(SCHEDY, "id")] = step["job_id"]
+        row[(SCHEDY, "member")] = step["member"]
+        row[(SCHEDY, "exploited_from")] = step["exploited_from"]
+        for name, value in step["hyperparameters"].items():
+            row[("hyperparameter", name)] = value
+        row[("result", result_name or "score")] = step["score"]
+        table.add_row(row)
+    return table

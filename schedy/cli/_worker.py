@@ -3,7 +3,10 @@
 The command is a worker that pulls jobs itself (a script looping on
 ``experiment.next_job()``); this is :func:`schedy.run_workers` from a shell,
 so launching and stopping many workers (Ctrl-C ends their jobs CRASHED)
-works the same from Python and from the command line.
+works the same from Python and from the command line. While they run it
+prints one line per finished job, read from the store (``--quiet``: none;
+``--verbose``: workers starting and ending too, and ``SCHEDY_VERBOSE=1`` for
+them).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from .._processes import GRACE_SECONDS
-from .._workers import run_workers
+from .._workers import Progress, run_workers
 from ._base import Commands, Store, UsageError
 
 __all__ = ["setup"]
@@ -26,8 +29,15 @@ def _worker(args: argparse.Namespace, store: Store) -> int:
     db = store.open()
     db.get_experiment(args.experiment)  # fail early, with the usual message, on a typo
     gpus = None if args.gpus is None else [g for g in args.gpus.split(",") if g and g != "none"]
+    progress: Progress = "quiet" if args.quiet else "verbose" if args.verbose else "lines"
     return run_workers(
-        command, args.experiment, workers=args.workers, db=db.url, gpus=gpus, grace=args.grace
+        command,
+        args.experiment,
+        workers=args.workers,
+        db=db.url,
+        gpus=gpus,
+        grace=args.grace,
+        progress=progress,
     )
 
 
@@ -42,8 +52,9 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
             "(e.g. a script looping on experiment.next_job()), and wait until they end. "
             "Each gets SCHEDY_URL, SCHEDY_EXPERIMENT, SCHEDY_WORKER_INDEX and, on a machine "
             "with GPUs, its own CUDA_VISIBLE_DEVICES. Ctrl-C stops them all; their jobs end "
-            "CRASHED, none stays RUNNING. Options may come before or after NAME: the command "
-            "starts at the first word after NAME that is not one of them, or after --."
+            "CRASHED, none stays RUNNING. While they run, one line per finished job is printed "
+            "(read from the store every second). Options may come before or after NAME: the "
+            "command starts at the first word after NAME that is not one of them, or after --."
         ),
     )
     # takes_command: _main splits the command off before argparse reads the rest.
@@ -61,6 +72,16 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
         default=GRACE_SECONDS,
         metavar="SECONDS",
         help="after Ctrl-C, how long workers may take to stop before being killed",
+    )
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument(
+        "-q", "--quiet", action="store_true", help="print nothing (no line per finished job)"
+    )
+    talk.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also say when each worker starts and ends, and set SCHEDY_VERBOSE=1 for them",
     )
     parser.add_argument("experiment", metavar="NAME", help="the experiment the workers serve")
     parser.add_argument(
