@@ -745,6 +745,7 @@ def _diversity(view: View) -> dict[str, Any] | None:
             side="right",
             rangemode="tozero",
             showgrid=False,
+            dtick=max(1, math.ceil(max(founders.values(), default=1) / 6)),
         ),
         legend={"orientation": "h", "y": -0.2},
         hovermode="closest",

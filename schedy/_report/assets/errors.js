@@ -1,3 +1,5 @@
+// Runs first: a script error or a request the page's policy refused is shown at the
+// top of the page (#report-errors), where a reader, and the browser test, see it.
 window.schedyErrors = [];
 function schedyError(message) {
   window.schedyErrors.push(String(message));

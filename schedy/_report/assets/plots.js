@@ -1,3 +1,4 @@
+// Draws every figure of #figures-data (plotly specs built by schedy._report._figures).
 (function () {
   var figures = JSON.parse(document.getElementById('figures-data').textContent);
   var config = {displaylogo: false, responsive: true, showLink: false, showSendToCloud: false,
