@@ -36,7 +36,7 @@ from ._scheduling import (
     UnreadableScheduler,
     scheduler_for,
 )
-from .errors import NoJobError
+from .errors import NoJobError, NotFoundError
 from .jobs import Job
 from .pbt import ExploreStrategy, Truncate
 from .random import Distribution
@@ -221,6 +221,25 @@ class Experiment:
                     "Call next_job() again, or pass a longer timeout."
                 )
 
+    def jobs(self, timeout: float | None = None) -> Iterator[Job]:
+        """The worker loop: each next job until nothing can come (the experiment
+        is DONE, the queue is empty), waiting while every member is busy::
+
+            for job in experiment.jobs():
+                with job:
+                    train(job)
+
+        ``timeout`` bounds each wait (then the loop ends). A failure inside
+        ``with job:`` marks that job CRASHED and propagates as usual; catch it
+        in the loop body to go on with the next job.
+        """
+        while True:
+            try:
+                job = self.next_job(timeout=timeout)
+            except NoJobError:
+                return
+            yield job
+
     def get_job(self, job_id: str) -> Job:
         """The job with this id; ``NotFoundError`` if there is none."""
         return Job._from_record(self._storage.get_job(self.name, job_id), self)
@@ -230,9 +249,14 @@ class Experiment:
         for record in self._storage.iter_jobs(self.name):
             yield Job._from_record(record, self)
 
-    def delete(self) -> None:
-        """Delete the experiment and all its jobs."""
-        self._storage.delete_experiment(self.name)
+    def delete(self, ensure: bool = True) -> None:
+        """Delete the experiment and all its jobs; with ``ensure=False`` (the
+        original client's flag) an experiment already gone is not an error."""
+        try:
+            self._storage.delete_experiment(self.name)
+        except NotFoundError:
+            if ensure:
+                raise
 
     def push_updates(self) -> None:
         """Store changes made to this object (e.g. ``status = Experiment.DONE``)."""

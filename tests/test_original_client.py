@@ -67,3 +67,32 @@ def test_put_safe_try_run_and_delete_ensure(sqlite_url: str) -> None:
 def test_the_old_configuration_says_to_give_a_url(option: str) -> None:
     with pytest.raises(TypeError, match="takes a store URL"):
         schedy.SchedyDB(**{option: "client.json"})
+
+
+def test_the_worker_loop_runs_a_whole_experiment(sqlite_url: str) -> None:
+    db = schedy.SchedyDB(sqlite_url)
+    experiment = schedy.PopulationBasedTraining(
+        "loop",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(0.5),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.Uniform(0.1, 1.0)},
+        population_size=3,
+        max_generations=4,
+        seed=1,
+    )
+    db.add_experiment(experiment)
+    crashed = 0
+    for job in experiment.jobs():
+        try:
+            with job:
+                if job.generation == 1 and job.member == 0 and not crashed:
+                    raise RuntimeError("a member crashing once")
+                job.results["acc"] = job.hyperparameters["lr"]
+        except RuntimeError:
+            crashed += 1
+    assert crashed == 1
+    assert db.get_experiment("loop").status == schedy.Experiment.DONE
+    members = experiment.population()
+    assert all(m.ended for m in members) and max(m.head_generation or 0 for m in members) == 3
