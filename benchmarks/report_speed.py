@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import schedy  # noqa: E402
-from schedy._report import report_data, render, write_report  # noqa: E402
+import schedy
+from schedy._report import render, report_data, write_report
 
 NAME = "report speed"
 

@@ -880,3 +880,90 @@ def test_ctrl_c_reaches_the_command_and_crashes_the_job(
     job = db.get_experiment("W").get_job(pushed)
     assert job.status == schedy.Job.CRASHED
     assert job.error and "KeyboardInterrupt" in job.error
+
+
+# -- seeing what PBT found: list's formats and filters, show's best --------------------
+# (lineage, replay, top and the progress lines: tests/test_views.py; report: test_report.py)
+
+
+def test_list_formats_csv_and_json(cli: Cli, minimize: list[str]) -> None:
+    import csv
+
+    table = list(csv.reader(io.StringIO(cli.ok("list", "MinimizeSimple", "--format", "csv"))))
+    assert table[0] == ["id", "status", "x", "y", "result"]
+    assert table[1] == [minimize[0], "DONE", "1", "2", "5"]
+    assert table[4] == [minimize[3], "QUEUED", "7", "7", ""]
+    listed = json.loads(cli.ok("list", "MinimizeSimple", "--format", "json", "-s", "result"))
+    assert [row["id"] for row in listed] == [minimize[i] for i in (2, 0, 1, 3)]
+    assert listed[0] == {"id": minimize[2], "status": "DONE", "x": 0, "y": 1, "result": 1}
+    assert listed[3]["result"] is None
+    assert cli.ok("list", "MinimizeSimple", "--format", "table") == cli.ok(
+        "list", "-t", "MinimizeSimple"
+    )
+    assert json.loads(cli.ok("list", "--format", "json"))[0]["name"] == "MinimizeSimple"
+    assert cli("list", "-t", "--format", "csv").code == 2  # one view at a time
+
+
+def test_list_limit_and_status(cli: Cli, minimize: list[str]) -> None:
+    assert rows(cli.ok("list", "MinimizeSimple", "--limit", "2")) == [
+        [minimize[0], "DONE"],
+        [minimize[1], "DONE"],
+    ]
+    ids = rows(cli.ok("list", "MinimizeSimple", "-s", "result", "-d", "-n", "1", "-f", "id"))
+    assert ids == [[minimize[1]]]  # the limit applies after sorting
+    assert rows(cli.ok("list", "MinimizeSimple", "--status", "queued")) == [[minimize[3], "QUEUED"]]
+    both = rows(cli.ok("list", "MinimizeSimple", "--status", "DONE,QUEUED", "-n", "10"))
+    assert len(both) == 4
+    cli.ok("add", "Finished", "-s", "DONE", "manual")
+    assert rows(cli.ok("list", "--status", "DONE")) == [["Finished", "DONE", "manual"]]
+    assert_error(cli("list", "MinimizeSimple", "--status", "GONE"), 2, "unknown job status 'GONE'")
+    assert_error(cli("list", "--status", "QUEUED"), 2, "unknown experiment status 'QUEUED'")
+    assert_error(cli("list", "MinimizeSimple", "-n", "-1"), 2, "--limit takes a number of rows")
+
+
+def test_sorting_the_plain_list_shows_the_column(cli: Cli, minimize: list[str]) -> None:
+    assert rows(cli.ok("list", "MinimizeSimple", "-s", "result")) == [
+        [minimize[2], "DONE", "1"],
+        [minimize[0], "DONE", "5"],
+        [minimize[1], "DONE", "9"],
+        [minimize[3], "QUEUED"],
+    ]
+
+
+def test_tables_leave_out_the_per_epoch_history(cli: Cli, db: schedy.SchedyDB) -> None:
+    cli.ok(*PBT_ARGS)
+    experiment = db.get_experiment("PBT")
+    for _ in range(7):
+        with experiment.next_job(timeout=0) as job:
+            job.results["acc"] = job.hyperparameters["lr"]
+            job.results["history"] = {"acc": [0.5] * 120, "loss": [1.0] * 120}
+    table = cli.ok("list", "-t", "PBT")
+    assert "history" not in table and "acc" in table
+    assert max(len(line) for line in table.splitlines()) < 200
+    assert "history" not in cli.ok("list", "-p", "PBT")
+    assert "history" not in cli.ok("list", "PBT", "--format", "csv")
+    assert len(json.loads(cli.ok("list", "PBT", "--format", "json"))[0]["history"]["acc"]) == 120
+    asked = cli.ok("list", "PBT", "-t", "-f", "id", "-f", "history")
+    assert "| history" in asked and "[0.5, 0.5" in asked and "…" in asked  # long cells are cut
+    shown = cli.ok("show", "PBT", job.id)
+    assert "history: acc, loss: 120 epochs (the per-epoch history)" in shown.splitlines()
+
+
+def test_show_best_is_the_best_job_ever_not_the_best_head(cli: Cli, db: schedy.SchedyDB) -> None:
+    cli.ok(*PBT_ARGS)
+    experiment = db.get_experiment("PBT")
+    scores = iter([0.2, 0.3, 0.1, 0.9, 0.25, 0.2, 0.15])  # 0.9 is beaten by no later job
+    jobs = []
+    for _ in range(7):
+        with experiment.next_job(timeout=0) as job:
+            job.results["acc"] = next(scores)
+        jobs.append(job)
+    best = experiment.best()
+    assert best is not None and best.id == jobs[3].id
+    heads = {member.head_id for member in experiment.population()}
+    assert best.id not in heads  # its member trained on and scored worse since
+    shown = cli.ok("show", "PBT")
+    assert (
+        f"Best: job {best.id} (member {best.member}, generation {best.generation}, acc = 0.9)"
+        in shown
+    )
