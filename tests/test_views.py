@@ -395,3 +395,20 @@ def test_top_of_a_search_shows_its_jobs_in_flight(db: schedy.SchedyDB) -> None:
     assert "jobs in flight" in shown and held.id in shown and "QUEUED" in shown
     held.status = schedy.Job.DONE
     held.put()
+
+
+def test_show_watch_on_a_terminal_is_top(
+    cli: Cli, db: schedy.SchedyDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("rich")
+    train(make_pbt(db), 2)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+
+    def interrupted(seconds: float) -> None:
+        assert seconds == 5.0  # --watch's own default interval
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("schedy.cli._top.time.sleep", interrupted)
+    code, out, err = cli("show", "pbt", "--watch")
+    assert code == 0 and err == ""
+    assert "every 5 s · Ctrl-C quits" in out and "jobs 2 done of 2" in out

@@ -402,7 +402,7 @@ def _lineage_tree(view: View) -> dict[str, Any]:
         height=max(360, min(900, 26 * len(view.members) + 140)),
         xaxis=_axis("generation"),
         yaxis=_member_axis(view),
-        legend={"orientation": "h", "y": -0.14},
+        legend={"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 1, "xanchor": "right"},
         hovermode="closest",
     )
     return _figure("lineage", "Lineage tree", note, traces, layout)
