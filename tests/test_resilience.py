@@ -35,6 +35,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the server needs: pip install 'schedy[server]'")
 
 import requests
+import urllib3
 
 import schedy
 from schedy.errors import StorageError, UnsafeUpdateError
@@ -337,6 +338,20 @@ def test_a_long_outage_is_retried_in_rounds_without_deep_recursion(
     with start_server(database) as url:
         db = schedy.SchedyDB(url, token=server_token)
         _manual(db)
+    pool = urllib3.connectionpool.HTTPConnectionPool
+    urlopen = pool.urlopen
+    depth = {"now": 0, "most": 0, "calls": 0}
+
+    def counted(self: Any, *args: Any, **options: Any) -> Any:
+        depth["now"] += 1
+        depth["calls"] += 1
+        depth["most"] = max(depth["most"], depth["now"])
+        try:
+            return urlopen(self, *args, **options)
+        finally:
+            depth["now"] -= 1
+
+    monkeypatch.setattr(pool, "urlopen", counted)
     port = int(url.rsplit(":", 1)[1])
     back = threading.Event()
     stop = threading.Event()
@@ -352,6 +367,7 @@ def test_a_long_outage_is_retried_in_rounds_without_deep_recursion(
     try:
         assert [j.status for j in db.get_experiment("m").all_jobs()] == ["QUEUED"]
         assert back.is_set()
+        assert depth["calls"] > 10 and depth["most"] <= 3  # many tries, never nested deeper
     finally:
         stop.set()
         restarter.join(timeout=30)
@@ -615,7 +631,8 @@ def test_workers_ride_out_a_server_killed_and_restarted(
     for log in logs:  # each outage told once (a worker may sleep through a short one)
         assert log.count("cannot be reached") <= len(_DOWN_S), log
         assert "Retrying" not in log  # urllib3's own retry warnings stay quiet
+    told = sum(log.count("cannot be reached") for log in logs)
     print(
         f"{backend}: {len(_DOWN_S)} restarts (down {_DOWN_S} s) in {outages:.1f} s; "
-        f"{len(jobs)} jobs, all DONE; 0 errors in workers"
+        f"{len(jobs)} jobs, all DONE; 0 errors in workers; {told} outage warnings in 6 workers"
     )
