@@ -61,6 +61,7 @@ class FinishedJobs:
         self._open: dict[str, str] = {}  # id -> status, in creation order
         self._queued_turn = 0
         self._recent: OrderedDict[str, Job] = OrderedDict()
+        self._ended_members: set[int] | None = None
         #: How many jobs of each final status were read (those before the start included).
         self.ended: Counter[str] = Counter()
         if since_start:
@@ -134,6 +135,27 @@ class FinishedJobs:
         finished = self._read_open() + self._read_new(report=True)
         finished.sort(key=lambda job: job.updated_at)
         return finished
+
+    def retired(self) -> list[str]:
+        """Lines for the population members that ended since the last call before
+        their final generation (retired by the scheduler: a straggler, or one that
+        kept crashing); the first call only learns which had ended already."""
+        members = self.experiment.population()
+        ended = {member.index for member in members if member.ended}
+        known, self._ended_members = self._ended_members, ended
+        if known is None:
+            return []
+        last = getattr(self.experiment, "max_generations", None)
+        lines = []
+        for member in members:
+            if member.index in ended - known:
+                reached = -1 if member.head_generation is None else member.head_generation
+                if last is None or reached + 1 < last:
+                    where = (
+                        "before its first job ended" if reached < 0 else f"at generation {reached}"
+                    )
+                    lines.append(f"member {member.index} retired {where}")
+        return lines
 
     @property
     def open(self) -> Counter[str]:

@@ -153,6 +153,7 @@ class _Progress:
 
             self._db = SchedyDB(url)
             self._watcher = FinishedJobs(self._db.get_experiment(experiment))
+            self._watcher.retired()  # the members that had ended before this run
         except (SchedyError, OSError) as error:
             self._note(f"no progress lines: {error}")
             self.close()
@@ -176,6 +177,8 @@ class _Progress:
         try:
             for job in self._watcher.poll():
                 print(describe(self._watcher, job), flush=True)
+            for line in self._watcher.retired():
+                print(line, flush=True)
         except (SchedyError, OSError) as error:
             if not self._failed:
                 self._note(f"cannot read the store for progress lines now: {error}")

@@ -242,6 +242,38 @@ def test_a_crashed_or_plain_job_line(db: schedy.SchedyDB) -> None:
     )
 
 
+def test_a_member_retired_early_gets_a_line(db: schedy.SchedyDB) -> None:
+    # Member 1 stays in the bottom at generation 0 while member 0 finishes its schedule:
+    # PBT retires it (a straggler) instead of training it on with nothing to copy.
+    experiment = schedy.PopulationBasedTraining(
+        "retiring",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(0.5),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.Uniform(0, 1)},
+        population_size=2,
+        max_generations=2,
+        seed=1,
+    )
+    db.add_experiment(experiment)
+    watcher = FinishedJobs(experiment)
+    assert watcher.retired() == []  # the first look only learns what had ended
+    scores = iter([0.9, 0.1, 0.95, 0.2, 0.3])
+    with contextlib.suppress(schedy.errors.NoJobError):
+        while True:
+            with experiment.next_job(timeout=0) as job:
+                job.results["acc"] = next(scores)
+    early = [
+        f"member {m.index} retired at generation {m.head_generation}"
+        for m in experiment.population()
+        if m.ended and (m.head_generation or 0) + 1 < 2
+    ]
+    assert early == ["member 1 retired at generation 0"]
+    assert watcher.retired() == early
+    assert watcher.retired() == []  # said once
+
+
 # -- schedy worker / run_workers: one line per finished job ------------------------------
 
 WORKER_PY = """\

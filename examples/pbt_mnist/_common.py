@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -43,7 +44,12 @@ def worker_arguments(description: str) -> argparse.Namespace:
         default=os.environ.get("SCHEDY_VERBOSE") == "1",  # set by `schedy worker --verbose`
         help="let the framework print its per-job notes and warnings",
     )
-    return parser.parse_args()
+    args = parser.parse_args()
+    if not args.verbose:
+        # The launcher reports each job and retired member: schedy's own warnings in the
+        # workers (e.g. "retires member 3") would say it twice. Errors still show.
+        logging.getLogger("schedy").setLevel(logging.ERROR)
+    return args
 
 
 def job_loop(args: argparse.Namespace, train_job: Callable[[schedy.Job, Dataset], Any]) -> None:
