@@ -215,11 +215,13 @@ class Job:
     def _storage(self) -> Storage:
         return self.experiment._storage
 
-    def put(self) -> None:
+    def put(self, safe: bool = True) -> None:
         """Store status, hyperparameters and results now.
 
         A worker that lost its lease (its job expired and was marked CRASHED)
         gets :class:`~schedy.errors.UnsafeUpdateError` and writes nothing.
+        ``safe=False`` (the original client's flag) writes without checking
+        the lease, as an administrator fixing a job by hand would.
         """
         update = JobUpdate(
             status=self.status,
@@ -228,7 +230,7 @@ class Job:
             error=self.error,
         )
         record = self._storage.update_job(
-            self.experiment.name, self.id, update, lease_token=self._lease_token
+            self.experiment.name, self.id, update, lease_token=self._lease_token if safe else None
         )
         self.updated_at = record.updated_at
         if record.status != Job.RUNNING:
@@ -236,10 +238,32 @@ class Job:
         elif record.lease_token is not None:  # run by hand: the store granted a lease
             self._lease_token = record.lease_token
 
-    def delete(self) -> None:
-        """Delete this job from the store."""
+    def delete(self, ensure: bool = True) -> None:
+        """Delete this job from the store; with ``ensure=False`` (the original
+        client's flag) a job that is already gone is not an error."""
         self._stop_heartbeat()
-        self._storage.delete_job(self.experiment.name, self.id)
+        try:
+            self._storage.delete_job(self.experiment.name, self.id)
+        except NotFoundError:
+            if ensure:
+                raise
+
+    def try_run(self) -> None:
+        """Mark this job RUNNING under a lease of this worker's, or raise
+        :class:`~schedy.errors.UnsafeUpdateError` if another worker runs it
+        already (the original client's call before ``with job:``)."""
+        if self._lease_token is not None:
+            return
+        current = self.experiment.get_job(self.id)
+        if current.status == Job.RUNNING:
+            raise UnsafeUpdateError(
+                f"job {self.id} of {self.experiment.name!r} is RUNNING already: another "
+                "worker took it; ask experiment.next_job() for another"
+            )
+        self.status = Job.RUNNING
+        self.put()
+        if self._lease_token is not None:
+            self._renew_lease()
 
     def lineage(self) -> list[Job]:
         """This job's ancestry, root first: the hyperparameter schedule it followed.
