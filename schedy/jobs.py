@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import threading
 import time
 import traceback
@@ -33,6 +34,53 @@ class Experiment(Protocol):
     def _storage(self) -> Storage: ...
 
     def get_job(self, job_id: str) -> Job: ...
+
+
+class Preempted(SystemExit):
+    """SIGTERM arrived inside ``with job:`` (a cluster preempting the worker).
+
+    A ``SystemExit(0)``: the job ends CRASHED at once, saying so, so its
+    member resumes on another worker without waiting for the lease; and the
+    worker exits with status 0, as schedulers expect of a preempted task.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def __str__(self) -> str:
+        return (
+            "preempted: the worker received SIGTERM (a cluster scheduler reclaiming its "
+            "machine) and ended this job; its population member resumes on another worker"
+        )
+
+
+def _raise_preempted(signum: int, frame: Any) -> None:
+    raise Preempted()
+
+
+def _catch_preemption() -> Any:
+    """While a job runs in the main thread, SIGTERM ends it cleanly (see
+    :class:`Preempted`) instead of killing the process with the job RUNNING.
+    Only when SIGTERM still has its default action: a handler of the user's
+    or a framework's is left alone. Returns what to restore (None: nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return None
+        return signal.signal(signal.SIGTERM, _raise_preempted)
+    except (ValueError, OSError):  # no signals here (embedded interpreter)
+        return None
+
+
+def _restore_sigterm(previous: Any) -> None:
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is _raise_preempted:
+            signal.signal(signal.SIGTERM, previous)
+    except (ValueError, OSError):
+        pass
 
 
 class _LeaseKeeper:
@@ -338,6 +386,7 @@ class Job:
         if self._lease_token is not None:
             self._stopped = False
             _keeper.add(self)
+        self._previous_sigterm = _catch_preemption()
         return self
 
     def __exit__(
@@ -347,8 +396,12 @@ class Job:
         tb: TracebackType | None,
     ) -> None:
         self._stop_heartbeat()
+        _restore_sigterm(getattr(self, "_previous_sigterm", None))
         if exc_type is None:
             self.status = Job.DONE
+        elif isinstance(exc_value, Preempted):
+            self.status = Job.CRASHED
+            self.error = str(exc_value)
         else:
             self.status = Job.CRASHED
             lines = traceback.format_exception(exc_type, exc_value, tb)
