@@ -119,6 +119,41 @@ def test_report_data_is_json_with_the_best_lineage(db: schedy.SchedyDB) -> None:
     assert [entry["name"] for entry in data["hyperparameters"]][-1] == "act"  # explored first
 
 
+def test_only_finished_jobs_have_a_score(db: schedy.SchedyDB) -> None:
+    # A running or crashed PBT job still holds the results it started from (its
+    # parent's): they are not its score.
+    experiment = schedy.PopulationBasedTraining(
+        "open",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(0.5),
+        initial_distributions={"lr": schedy.random.Uniform(0, 1)},
+        population_size=2,
+        seed=1,
+    )
+    db.add_experiment(experiment)
+    for _ in range(4):
+        with experiment.next_job() as job:
+            job.results["acc"] = job.hyperparameters["lr"]
+    with pytest.raises(RuntimeError), experiment.next_job() as crashed:
+        raise RuntimeError("lost <b>it</b>")
+    running = experiment.next_job()
+    assert "acc" in crashed.results and "acc" in running.results  # inherited
+    data = report_data(experiment)
+    scores = dict(zip(data["jobs"]["id"], data["jobs"]["score"]))
+    assert scores[crashed.id] is None and scores[running.id] is None
+    assert sum(score is not None for score in scores.values()) == 4
+    errors = dict(zip(data["jobs"]["id"], data["jobs"]["error"]))
+    assert errors[crashed.id] == "RuntimeError: lost <b>it</b>"
+    tree = next(f for f in figures(data) if f["id"] == "lineage")
+    crosses = next(t for t in tree["data"] if t["name"] == "job without a score")
+    assert len(crosses["x"]) == 2
+    page = render(data)
+    assert "lost <b>it</b>" not in page  # escaped wherever it is shown
+    running.status = schedy.Job.DONE
+    running.put()
+
+
 def test_a_search_scores_by_its_most_reported_result(db: schedy.SchedyDB) -> None:
     data = report_data(random_experiment(db))
     assert data["score"]["name"] == "loss" and data["score"]["lower_is_better"]

@@ -107,7 +107,7 @@ def report_data(experiment: Experiment, *, score: str | None = None) -> dict[str
     (per name: whether numeric, log-scaled, explored), ``jobs`` (one list per
     field, a row per job in creation order: ``id``, ``status``, ``member``,
     ``generation``, ``parent_id``, ``exploited_from``, ``created_at``,
-    ``updated_at``, ``score``, ``error`` (its last line), then
+    ``updated_at``, ``score`` (a DONE job's, else None), ``error`` (its last line), then
     ``hyperparameters`` and ``results`` as ``{name: [value per job]}``; the
     results' ``history`` is left out, NaN is None) and ``best`` (the id of
     :meth:`~schedy.Experiment.best` and its lineage's ids, or None).
@@ -129,7 +129,10 @@ def report_data(experiment: Experiment, *, score: str | None = None) -> dict[str
         columns["exploited_from"].append(job.exploited_from)
         columns["created_at"].append(job.created_at)
         columns["updated_at"].append(job.updated_at)
-        columns["score"].append(finite(job.results.get(score_name)) if score_name else None)
+        # Only a finished job has a score of its own: a running or crashed one still
+        # holds the results it started from (its parent's, for PBT).
+        done = job.status == "DONE" and score_name is not None
+        columns["score"].append(finite(job.results.get(score_name)) if done else None)
         lines = job.error.strip().splitlines() if job.error else []
         columns["error"].append(lines[-1][:200] if lines else None)
         for name, value in job.hyperparameters.items():

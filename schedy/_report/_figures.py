@@ -214,16 +214,27 @@ def _score_over_generations(view: View) -> dict[str, Any]:
         if None not in (member, view.score[index], view.generation[index]):
             by_member[member].append(index)  # type: ignore[index]
     for member in sorted(by_member):
-        rows = by_member[member]
+        # A solid line is one model trained on: it breaks where the member copied another.
+        xs: list[Any] = []
+        ys: list[Any] = []
+        texts: list[Any] = []
+        for index in by_member[member]:
+            if xs and view.exploited[index] is not None:
+                xs.append(None)
+                ys.append(None)
+                texts.append(None)
+            xs.append(view.generation[index])
+            ys.append(view.score[index])
+            texts.append(view.hover(index))
         traces.append(
             {
                 "type": "scatter",
                 "mode": "lines" if view.many else "lines+markers",
                 "name": f"member {member}",
                 "legendgroup": f"member {member}",
-                "x": [view.generation[i] for i in rows],
-                "y": [view.score[i] for i in rows],
-                "text": [view.hover(i) for i in rows],
+                "x": xs,
+                "y": ys,
+                "text": texts,
                 "hovertemplate": "%{text}<extra></extra>",
                 "line": {"color": _colour(member), "width": 1.3},
                 "marker": {"size": 4},
@@ -290,8 +301,8 @@ def _score_over_generations(view: View) -> dict[str, Any]:
             }
         )
     note = (
-        "One line per population member: its finished jobs' scores by generation. "
-        "A triangle is an exploit: the member copied a better one (the triangle takes the "
+        "One line per population member: its finished jobs' scores by generation, broken "
+        "where the member copied a better one. A triangle is such an exploit (it takes the "
         "donor's colour; a dotted line joins the copied job to the copy). "
         "The thick gold line is the schedule that trained the best model."
     )
