@@ -37,6 +37,7 @@ Nothing here imports torch, Lightning or Keras; values are duck-typed
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -76,10 +77,12 @@ __all__ = [
     "optimizer_values",
     "previous_optimizer_values",
     "record_epoch",
+    "report_unplaced",
     "resolve_mapping",
     "to_float",
     "total_budget_decision",
     "update_param_group",
+    "with_named_settings",
     "without_reserved",
 ]
 
@@ -357,6 +360,70 @@ def previous_optimizer_values(
     if not isinstance(hyperparameters, Mapping):
         return None
     return optimizer_values(hyperparameters, mapping, strict=False)
+
+
+#: Optimizer keys never taken from a job by name: not hyperparameters.
+_NOT_SETTINGS = frozenset({"params", "initial_lr", "max_lr", "min_lr", "name"})
+_reported_unplaced: set[tuple[str, str]] = set()
+
+
+def with_named_settings(
+    values: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+    settings: Iterable[str],
+    mapping: OptimizerMapping | None = None,
+) -> dict[str, Any]:
+    """``values`` plus every job hyperparameter named like one of the
+    optimizer's own ``settings`` (``weight_decay``, ``momentum``, ``betas``,
+    ``eps``…, its param-group keys or attributes).
+
+    Such a hyperparameter built the optimizer; after a restore its value is
+    the restored one, so a perturbed value must be re-applied like the
+    learning rate, or PBT's schedule would only exist on paper. A name the
+    caller mapped to None in ``mapping`` is left alone.
+    """
+    dropped = {name for name, param in (mapping or {}).items() if param is None}
+    named = dict(values)
+    for name in settings:
+        if name in _NOT_SETTINGS or name in named or name in dropped:
+            continue
+        if name in hyperparameters:
+            named[name] = hyperparameters[name]
+    return named
+
+
+def report_unplaced(job: Any, placed: Iterable[str], what: str) -> list[str]:
+    """Say once (per experiment and name) which *explored* hyperparameters the
+    callback does not apply itself, so nobody believes a perturbation changed
+    an optimizer it never reached; return them.
+
+    Those must be applied by the user's code (a model built from
+    ``job.hyperparameters`` each job applies its own); the explored names
+    come from the experiment (PBT's ``explore``, PB2's ``bounds``).
+    """
+    scheduler = getattr(getattr(job, "experiment", None), "_scheduler", None)
+    explored = set(getattr(scheduler, "explore", None) or ())
+    explored |= set(getattr(scheduler, "bounds", None) or ())
+    placed = set(placed)
+    unplaced = sorted(
+        name for name in explored - placed if name not in DEFAULT_OPTIMIZER_HYPERPARAMETERS
+    )
+    experiment = str(getattr(getattr(job, "experiment", None), "name", ""))
+    for name in unplaced:
+        if (experiment, name) in _reported_unplaced:
+            continue
+        _reported_unplaced.add((experiment, name))
+        logging.getLogger("schedy.integrations").warning(
+            "explored hyperparameter %r is not a setting of the %s, so schedy does not "
+            "re-apply it after a restore: build what it sets from job.hyperparameters[%r] in "
+            "each job (a model built per job does), or map it with "
+            "optimizer_hyperparameters={%r: '<optimizer key>'}",
+            name,
+            what,
+            name,
+            name,
+        )
+    return unplaced
 
 
 #: Param-group keys torch LR schedulers derive the rate from (``initial_lr``:

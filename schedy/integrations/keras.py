@@ -184,12 +184,34 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         model = self.model
         optimizer = _optimizer_of(model)
         _check_targets(optimizer, self.optimizer_values)
+        # Hyperparameters named like an optimizer setting (weight_decay, beta_1,
+        # momentum…) built it: re-applied after a restore like the learning rate.
+        settings = {name for name in optimizer.get_config() if _owner(optimizer, name) is not None}
+        _core.report_unplaced(
+            self.job,
+            settings | set(_core.resolve_mapping(self.optimizer_hyperparameters)),
+            "optimizer",
+        )
         path = self.job.results.get(MODEL_PATH_KEY)
         if not path:
             self.start_epoch = self.initial_epoch = 0
             return
         metadata = self._restore(model, optimizer, str(path))
-        apply_optimizer_values(optimizer, self.optimizer_values, self._previous_values(metadata))
+        values = _core.with_named_settings(
+            self.optimizer_values,
+            self.job.hyperparameters,
+            settings,
+            self.optimizer_hyperparameters,
+        )
+        values.pop(_KERAS_LR, None)  # the rate is `lr` here, already in optimizer_values
+        previous = self._previous_values(metadata)
+        before = metadata.get("hyperparameters")
+        if previous is not None and isinstance(before, Mapping):
+            previous = _core.with_named_settings(
+                previous, before, settings, self.optimizer_hyperparameters
+            )
+            previous.pop(_KERAS_LR, None)
+        apply_optimizer_values(optimizer, values, previous)
         self.initial_epoch = _lineage_epoch(metadata, self.job.results)
         self.start_epoch = self._budget_start(metadata, self.initial_epoch)
 

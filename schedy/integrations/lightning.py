@@ -37,6 +37,7 @@ import importlib
 import logging
 import sys
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _core
@@ -223,12 +224,34 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # After every restore (ours, or Lightning's for ckpt_path): the job's values win.
         state = self._restored_state or {}
+        # Hyperparameters named like a param-group key (weight_decay, momentum,
+        # betas…) built the optimizer: re-applied after a restore like lr.
+        settings = {
+            key for opt in trainer.optimizers for group in opt.param_groups for key in group
+        }
+        _core.report_unplaced(
+            self.job,
+            settings | set(_core.resolve_mapping(self.optimizer_hyperparameters)),
+            "optimizer",
+        )
         if self.restored_from is not None or trainer.ckpt_path:
+            values = _core.with_named_settings(
+                self.optimizer_values,
+                self.job.hyperparameters,
+                settings,
+                self.optimizer_hyperparameters,
+            )
+            previous = self._previous_values(state)
+            before = state.get("hyperparameters")
+            if previous is not None and isinstance(before, Mapping):
+                previous = _core.with_named_settings(
+                    previous, before, settings, self.optimizer_hyperparameters
+                )
             apply_optimizer_values(
                 trainer.optimizers,
                 [config.scheduler for config in trainer.lr_scheduler_configs],
-                self.optimizer_values,
-                self._previous_values(state),
+                values,
+                previous,
             )
         self.start_epoch = self._budget_start(state, trainer.current_epoch)
 

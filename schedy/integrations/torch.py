@@ -44,6 +44,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import _values
+from . import _core
 from ._core import (
     MODEL_PATH_KEY,
     SCHEDULED_PARAMS,
@@ -168,10 +169,16 @@ def restore(
             )
         target.load_state_dict(state)
     if optimizer is not None:
-        values = optimizer_values(job.hyperparameters, mapping)
-        previous = previous_optimizer_values(
-            checkpoint.get("schedy", {}).get("hyperparameters"), mapping
+        # Hyperparameters named like a param-group key (weight_decay, momentum,
+        # betas…) built the optimizer: re-applied after the restore like lr.
+        settings = {key for group in optimizer.param_groups for key in group}
+        before = checkpoint.get("schedy", {}).get("hyperparameters")
+        values = _core.with_named_settings(
+            optimizer_values(job.hyperparameters, mapping), job.hyperparameters, settings, mapping
         )
+        previous = previous_optimizer_values(before, mapping)
+        if previous is not None and isinstance(before, Mapping):
+            previous = _core.with_named_settings(previous, before, settings, mapping)
         apply_optimizer_values(
             [optimizer], [] if scheduler is None else [scheduler], values, previous
         )

@@ -527,3 +527,28 @@ def test_job_callback_records_the_saved_checkpoint(make_job: Any, tmp_path: Any)
     callback._checkpoint_saved()
     assert job.results == {"model_path": str(tmp_path / "j.ckpt")}
     assert job.pushed == [job.results]
+
+
+def test_an_explored_hyperparameter_no_optimizer_takes_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    scheduler = SimpleNamespace(explore={"lr": 1, "momentum": 1, "dropout": 1})
+    job = SimpleNamespace(experiment=SimpleNamespace(name="report-once", _scheduler=scheduler))
+    with caplog.at_level("WARNING", logger="schedy.integrations"):
+        assert _core.report_unplaced(job, {"momentum", "params"}, "optimizer") == ["dropout"]
+        _core.report_unplaced(job, {"momentum"}, "optimizer")
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1 and "'dropout'" in messages[0]
+    assert "job.hyperparameters['dropout']" in messages[0]
+
+
+def test_settings_named_like_the_optimizers_are_picked_up() -> None:
+    values = _core.with_named_settings(
+        {"lr": 0.1},
+        {"learning_rate": 0.1, "weight_decay": 0.01, "params": "no", "layers": 3},
+        {"lr", "weight_decay", "params", "momentum"},
+        {"momentum": None},
+    )
+    assert values == {"lr": 0.1, "weight_decay": 0.01}

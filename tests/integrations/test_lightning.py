@@ -684,3 +684,22 @@ def test_ddp_processes_that_claimed_their_own_jobs_are_refused(tmp_path: Path) -
         for job in jobs:
             assert job.status == schedy.Job.CRASHED
             assert "one worker per GPU" in (job.error or "")
+
+
+def test_a_perturbed_optimizer_setting_is_reapplied_without_a_mapping(
+    make_job: Job, tmp_path: Path
+) -> None:
+    # Exploring momentum (or weight_decay…) showed perturbed values in the
+    # schedule while the restored optimizer kept the parent's: the defect.
+    parent = make_job("parent", {"learning_rate": 0.1, "momentum": 0.9})
+    fit(parent, tmp_path)
+    child = make_job("child", {"learning_rate": 0.1, "momentum": 0.5}, results=parent.results)
+    trainer, _, _ = fit(child, tmp_path)
+    assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.5
+    # A name mapped to None is left as the optimizer has it.
+    grandchild = make_job(
+        "grandchild", {"learning_rate": 0.1, "momentum": 0.1}, results=child.results
+    )
+    options = {"optimizer_hyperparameters": {"momentum": None}}
+    trainer, _, _ = fit(grandchild, tmp_path, callback_options=options)
+    assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.5

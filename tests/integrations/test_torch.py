@@ -302,3 +302,16 @@ def test_report_records_floats_history_and_pushes(make_job: Job) -> None:
 def test_report_refuses_values_that_are_not_one_number(make_job: Job) -> None:
     with pytest.raises(TypeError, match="'confusion'"):
         report(make_job("j"), {"confusion": torch.zeros(2, 2)}, epoch=1)
+
+
+def test_restore_reapplies_a_setting_named_like_the_optimizers_own(
+    make_job: Job, tmp_path: Path
+) -> None:
+    parent = make_job("parent", {"lr": 0.01, "weight_decay": 0.0})
+    model, optimizer, scheduler = make_training(0.01, adam=True, step_size=100)
+    train_epochs(model, optimizer, scheduler, epochs=1)
+    save(parent, model, optimizer, scheduler, checkpoint_dir=tmp_path, epoch=1)
+    child = make_job("child", {"lr": 0.01, "weight_decay": 4e-3}, results=parent.results)
+    model, optimizer, scheduler = make_training(0.01, seed=3, adam=True, step_size=100)
+    restore(child, model, optimizer, scheduler)  # no mapping needed
+    assert optimizer.param_groups[0]["weight_decay"] == 4e-3
