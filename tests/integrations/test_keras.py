@@ -495,3 +495,17 @@ def test_population_based_training_end_to_end(tmp_path: Path) -> None:
     left = {name.split(".", 1)[0] for name in os.listdir(folder)}
     assert heads <= left <= heads | best | {previous}
     assert jobs[0].id not in left  # the member that barely learned was replaced
+
+
+def test_restore_reapplies_settings_named_like_the_optimizers(
+    make_job: Job, tmp_path: Path
+) -> None:
+    parent, _ = trained_parent(make_job, tmp_path, b1=0.9)
+    child = make_job(
+        "child", {"learning_rate": 0.01, "beta_1": 0.7, "weight_decay": 2e-3}, parent.results
+    )
+    model = make_model(0.01, seed=1)
+    begin(SchedyCallback(child, "val_accuracy"), model)  # no mapping needed
+    assert model.optimizer.beta_1 == 0.7
+    assert model.optimizer.weight_decay == 2e-3
+    assert lr_of(model) == pytest.approx(0.01)
