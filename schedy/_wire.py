@@ -19,7 +19,16 @@ fail only in production, between versions. What travels:
   client builds and sends the same classes;
 * failures as ``{"error": {"type": NAME, "message": ...}}`` with an HTTP
   status, both from one table, :data:`ERRORS`, so the client raises the
-  class the server-side storage raised.
+  class the server-side storage raised;
+* the limits both sides know: what a request field may hold (each body
+  field's rule is checked when the body is built -- on the client before
+  anything is sent, on the server when it is read -- and is the field's
+  JSON Schema at ``/docs``, so what is documented is what is enforced), the
+  largest page (:data:`MAX_PAGE`), and the deepest body (:data:`MAX_BODY_DEPTH`);
+* tokens: ``Authorization: Bearer <secret>``, a secret stored and looked up
+  only as its SHA-256 (:func:`hash_secret`), new secrets from
+  :func:`new_secret`, and the answers' shapes (``Hello``, ``Renewed``,
+  ``Done``, ``ErrorAnswer``) the server documents.
 
 This module sits below the storage backends and the server and imports only
 the records, the errors and the JSON value rules (no FastAPI, no requests),
@@ -29,12 +38,25 @@ so either side can use it without the other installed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import math
+import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from . import _values
-from ._records import Claim, ExperimentRecord, JobRecord, JobStatus, JobUpdate, MemberRecord
+from ._records import (
+    MAX_LEASE_SECONDS,
+    MAX_NAME_LENGTH,
+    Claim,
+    ExperimentRecord,
+    ExperimentStatus,
+    JobRecord,
+    JobStatus,
+    JobUpdate,
+    MemberRecord,
+)
 from .errors import (
     AuthenticationError,
     NotFoundError,
@@ -49,12 +71,22 @@ __all__ = [
     "API_PREFIX",
     "API_VERSION",
     "ERRORS",
+    "FORBIDDEN_STATUS",
+    "MAX_BODY_DEPTH",
+    "MAX_PAGE",
     "MEDIA_TYPE",
+    "MIN_SECRET_LENGTH",
     "ClaimRequest",
+    "Done",
+    "ErrorAnswer",
+    "ErrorDetail",
     "ExperimentChange",
+    "Hello",
     "JobChange",
     "LeaseRenewal",
+    "NewExperiment",
     "NewJob",
+    "Renewed",
     "RequestBody",
     "WireError",
     "body",
@@ -75,8 +107,10 @@ __all__ = [
     "encode_member",
     "encode_renewed",
     "error_entry",
+    "hash_secret",
     "hello",
     "is_hello",
+    "new_secret",
 ]
 
 #: Every endpoint's path starts with this; a new, incompatible API gets a new one.
@@ -84,6 +118,17 @@ API_PREFIX = "/api/v1"
 #: What ``/health`` and ``/session`` answer as ``"api"``.
 API_VERSION = 1
 MEDIA_TYPE = "application/json"
+#: The most records one call returns or asks for (``limit``, ``k``, ``top_k``).
+MAX_PAGE = 10_000
+#: How deep a request body may nest: the values it carries may nest
+#: ``_values.MAX_DEPTH`` levels, and the body wraps them in a few more.
+MAX_BODY_DEPTH = 100
+#: The status of a valid token whose role may not make the call; it comes as an
+#: ``AuthenticationError`` like a refused token (401), with a message saying
+#: which role the call needs.
+FORBIDDEN_STATUS = 403
+#: The shortest secret a server accepts as its bootstrap token.
+MIN_SECRET_LENGTH = 16
 
 
 # -- bodies ----------------------------------------------------------------------
@@ -134,10 +179,17 @@ def error_entry(error: BaseException) -> WireError | None:
     return next((entry for entry in ERRORS if isinstance(error, entry.kind)), None)
 
 
-def encode_error(error: BaseException) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and body that carry ``error`` (``ServerError`` if unknown)."""
+def encode_error(
+    error: BaseException, status: int | None = None, message: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and body that carry ``error`` (``ServerError`` if unknown).
+
+    ``status`` replaces the table's (a 403 ``AuthenticationError``, a 413
+    ``ValueError``: the client raises by name, the status is for HTTP);
+    ``message`` replaces ``str(error)`` (the server's answer to a bug)."""
     entry = error_entry(error) or _SERVER_ERROR
-    return entry.status, {"error": {"type": entry.name, "message": str(error)}}
+    text = str(error) if message is None else message
+    return status or entry.status, dataclasses.asdict(ErrorAnswer(ErrorDetail(entry.name, text)))
 
 
 def decode_error(status: int, payload: Any) -> Exception | None:
@@ -234,7 +286,7 @@ def decode_claim(data: Any) -> Claim:
 
 
 def encode_renewed(renewed: bool) -> dict[str, Any]:
-    return {"renewed": renewed}
+    return dataclasses.asdict(Renewed(renewed))
 
 
 def decode_renewed(data: Any) -> bool:
@@ -243,11 +295,208 @@ def decode_renewed(data: Any) -> bool:
 
 def hello(version: str) -> dict[str, Any]:
     """What ``/health`` and ``/session`` answer: tells a schedy server from anything else."""
-    return {"schedy": version, "api": API_VERSION}
+    return dataclasses.asdict(Hello(version, API_VERSION))
 
 
 def is_hello(data: Any) -> bool:
     return isinstance(data, dict) and "schedy" in data
+
+
+# -- answers without a record ---------------------------------------------------------
+# The shapes of the answers that are not records, as the server documents
+# them (its OpenAPI response models) and the encoders above build them.
+
+
+@dataclass
+class Hello:
+    """``/health`` and ``/session``: the server's schedy version and API version."""
+
+    schedy: str
+    api: int
+
+
+@dataclass
+class Renewed:
+    """``POST /lease``: whether the lease was extended (False: it was lost)."""
+
+    renewed: bool
+
+
+@dataclass
+class Done:
+    """A change made, with nothing to tell: ``{}``."""
+
+
+@dataclass
+class ErrorDetail:
+    """A failure: the public class the client raises, and why."""
+
+    type: str
+    message: str
+
+
+@dataclass
+class ErrorAnswer:
+    """Every failure's body, whatever its status."""
+
+    error: ErrorDetail
+
+
+# -- tokens ----------------------------------------------------------------------
+def hash_secret(secret: str) -> str:
+    """How a token's secret is stored and looked up: its SHA-256, in hex.
+
+    A stolen database then holds no usable token; a secret is high-entropy
+    (:func:`new_secret`), so a plain hash is enough (no salt, no stretching)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_secret() -> str:
+    """A new token secret: 32 random bytes, URL-safe (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+# -- request field rules ----------------------------------------------------------
+def _spaces() -> str:
+    """Python's whitespace (``str.isspace``, none beyond U+3000), for a regex class."""
+    return "".join(f"\\u{code:04x}" for code in range(0x3001) if chr(code).isspace())
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A string field's rule: its length in characters, no NUL (PostgreSQL
+    cannot store one), and not blank when it names something; ``what`` names
+    the field in errors (default: its own name)."""
+
+    min_length: int = 0
+    max_length: int | None = None
+    not_blank: bool = False
+    what: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"minLength": self.min_length}
+        if self.max_length is not None:
+            found["maxLength"] = self.max_length
+        if self.not_blank:
+            found["pattern"] = f"^[^\\x00]*[^\\x00{_spaces()}][^\\x00]*$"
+        else:
+            found["pattern"] = "^[^\\x00]*$"
+        return found
+
+    def check(self, value: Any, name: str) -> None:
+        what = self.what or name
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must be a string, not {type(value).__name__}")
+        if len(value) < self.min_length or (
+            self.max_length is not None and len(value) > self.max_length
+        ):
+            most = "" if self.max_length is None else f" and at most {self.max_length}"
+            raise ValueError(
+                f"{what} must have at least {self.min_length}{most} characters, not {len(value)}"
+            )
+        if "\x00" in value:
+            raise ValueError(f"{what} may not contain a NUL character")
+        if self.not_blank and not value.strip():
+            raise ValueError(f"{what} may not be blank")
+
+
+@dataclass(frozen=True)
+class _Number:
+    """A number field's rule: finite, above ``above`` and at most ``most``."""
+
+    above: float
+    most: float
+    unit: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return {"exclusiveMinimum": self.above, "maximum": self.most}
+
+    def check(self, value: Any, name: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, not {type(value).__name__}")
+        if not (math.isfinite(value) and self.above < value <= self.most):
+            raise ValueError(
+                f"{name} must be a finite number > {self.above:g} and at most "
+                f"{self.most:.0f}{self.unit}, not {value!r}"
+            )
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """A string field that is one of ``values``."""
+
+    values: tuple[str, ...]
+    hint: str = ""
+
+    def schema(self) -> dict[str, Any]:
+        return {"enum": list(self.values)}
+
+    def check(self, value: Any, name: str) -> None:
+        if value not in self.values:
+            raise ValueError(
+                f"{name} must be one of {', '.join(self.values)}, not {value!r}{self.hint}"
+            )
+
+
+_Rule = _Text | _Number | _Choice
+_NAME = _Text(1, MAX_NAME_LENGTH, not_blank=True, what="an experiment name")
+_KIND = _Text(1, 32, what="an experiment kind")
+_LEASE = _Number(0, MAX_LEASE_SECONDS, " (a week)")
+_REQUEST_ID = _Text(1, 64, what="a claim's request id")
+_LEASE_TOKEN = _Text(1, 64, what="a lease token")
+_JOB_STATUSES = _Choice(tuple(status.value for status in JobStatus))
+_NEW_JOB_STATUSES = _Choice(
+    tuple(status.value for status in JobStatus if status is not JobStatus.RUNNING),
+    ": a job cannot be added RUNNING, nobody would hold its lease (add it QUEUED, and "
+    "next_job() hands it out with one)",
+)
+_EXPERIMENT_STATUSES = _Choice(tuple(status.value for status in ExperimentStatus))
+
+
+def _rule(rule: _Rule) -> dict[str, _Rule]:
+    """The metadata of a dataclass field checked (and documented) by ``rule``."""
+    return {"rule": rule}
+
+
+class _Checked:
+    """A request body whose fields' rules are checked when it is built, and are
+    its JSON Schema (pydantic, hence FastAPI, calls ``__get_pydantic_json_schema__``;
+    nothing here imports either). ``None`` always passes: it means "not given"."""
+
+    _rules: ClassVar[dict[str, _Rule]]
+
+    def __init_subclass__(cls, **options: Any) -> None:
+        super().__init_subclass__(**options)
+        cls._rules = {}
+
+    def __post_init__(self) -> None:
+        rules = type(self)._rules
+        if not rules:
+            type(self)._rules = rules = {
+                item.name: item.metadata["rule"]
+                for item in dataclasses.fields(self)  # type: ignore[arg-type]
+                if "rule" in item.metadata
+            }
+        for name, rule in rules.items():
+            value = getattr(self, name)
+            if value is not None:
+                rule.check(value, name)
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+        schema = handler(core_schema)
+        target = handler.resolve_ref_schema(schema)
+        for item in dataclasses.fields(cls):  # type: ignore[arg-type]
+            rule = item.metadata.get("rule")
+            if rule is None:
+                continue
+            found = target["properties"][item.name]
+            options = found.get("anyOf")  # an optional field: the non-null choice
+            into = (
+                next((o for o in options if o.get("type") != "null"), found) if options else found
+            )
+            into.update(rule.schema())
+        return schema
 
 
 # -- request bodies ----------------------------------------------------------------
@@ -258,18 +507,32 @@ def is_hello(data: Any) -> bool:
 
 
 @dataclass
-class ExperimentChange:
+class NewExperiment(_Checked):
+    """``POST /experiments``: an experiment to create (an
+    :class:`~schedy._records.ExperimentRecord`'s fields, checked)."""
+
+    name: str = field(metadata=_rule(_NAME))
+    kind: str = field(metadata=_rule(_KIND))
+    status: str = field(metadata=_rule(_EXPERIMENT_STATUSES))
+    config: dict[str, Any]
+
+    def record(self) -> ExperimentRecord:
+        return ExperimentRecord(self.name, self.kind, self.status, self.config)
+
+
+@dataclass
+class ExperimentChange(_Checked):
     """``PUT /experiment``: an experiment's new status and configuration."""
 
-    status: str
+    status: str = field(metadata=_rule(_EXPERIMENT_STATUSES))
     config: dict[str, Any]
 
 
 @dataclass
-class NewJob:
-    """``POST /jobs``: a job to add."""
+class NewJob(_Checked):
+    """``POST /jobs``: a job to add (not RUNNING: a running job is one a worker claimed)."""
 
-    status: str = JobStatus.QUEUED.value
+    status: str = field(default=JobStatus.QUEUED.value, metadata=_rule(_NEW_JOB_STATUSES))
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
 
@@ -283,15 +546,15 @@ class NewJob:
 
 
 @dataclass
-class JobChange:
+class JobChange(_Checked):
     """``PATCH /job``: a :class:`~schedy._records.JobUpdate` (``None`` leaves a
     field as is) and the lease token of the worker holding the job."""
 
-    status: str | None = None
+    status: str | None = field(default=None, metadata=_rule(_JOB_STATUSES))
     hyperparameters: dict[str, Any] | None = None
     results: dict[str, Any] | None = None
     error: str | None = None
-    lease_token: str | None = None
+    lease_token: str | None = field(default=None, metadata=_rule(_LEASE_TOKEN))
 
     @classmethod
     def of(cls, update: JobUpdate, lease_token: str | None) -> JobChange:
@@ -317,23 +580,23 @@ class JobChange:
 
 
 @dataclass
-class ClaimRequest:
+class ClaimRequest(_Checked):
     """``POST /claim``: how long the claimed job's lease lasts, in seconds, and
     the claim's request id (a retried claim with the same id gets the same job)."""
 
-    lease_seconds: float
-    request_id: str | None = None
+    lease_seconds: float = field(metadata=_rule(_LEASE))
+    request_id: str | None = field(default=None, metadata=_rule(_REQUEST_ID))
 
 
 @dataclass
-class LeaseRenewal:
+class LeaseRenewal(_Checked):
     """``POST /lease``: the lease to extend and by how long, in seconds."""
 
-    lease_token: str
-    lease_seconds: float
+    lease_token: str = field(metadata=_rule(_LEASE_TOKEN))
+    lease_seconds: float = field(metadata=_rule(_LEASE))
 
 
-RequestBody = ExperimentChange | NewJob | JobChange | ClaimRequest | LeaseRenewal
+RequestBody = NewExperiment | ExperimentChange | NewJob | JobChange | ClaimRequest | LeaseRenewal
 
 
 def body(request: RequestBody) -> dict[str, Any]:

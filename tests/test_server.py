@@ -33,7 +33,7 @@ import requests
 
 import schedy
 from schedy import _wire
-from schedy.errors import AuthenticationError, ServerError, StorageError
+from schedy.errors import AuthenticationError, SchedyError, ServerError, StorageError
 from schedy.server import serve
 from schedy.storage import _http, _sql
 from schedy.storage._sql import SQLStorage
@@ -210,11 +210,11 @@ def _start_cli_server(tmp_path: Path, *options: str, env: dict[str, str]) -> tup
 @pytest.mark.slow
 def test_server_command_serves_workers_until_stopped(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SCHEDY_URL"}
-    env["SCHEDY_TOKEN"] = "cli-token"
+    env["SCHEDY_TOKEN"] = "cli-token-0123456789"
     server, url = _start_cli_server(tmp_path, env=env)
     try:
         assert url.startswith("http://")
-        with schedy.SchedyDB(url, token="cli-token") as db:
+        with schedy.SchedyDB(url, token="cli-token-0123456789") as db:
             db.add_experiment(_pbt())
             experiment = db.get_experiment("pbt")
             for _ in range(4):
@@ -263,7 +263,7 @@ def test_create_app_takes_a_database_url_or_a_schedydb(
 
     assert create_app(f"sqlite:///{tmp_path}/a.db").title == "schedy"
     with schedy.SchedyDB(f"sqlite:///{tmp_path}/b.db") as db:
-        assert create_app(db, token="t").title == "schedy"
+        assert create_app(db, token="a-long-enough-token").title == "schedy"
     with (
         schedy.SchedyDB(server_url, token=server_token) as remote,
         pytest.raises(ValueError, match="serves a database"),
@@ -289,8 +289,8 @@ def test_a_restarting_server_is_waited_for(
 
     def restart_later() -> None:
         time.sleep(0.3)  # the outage being simulated
+        back.set()  # before the server starts: a claim may complete as soon as it listens
         with start_server(database, port=port):
-            back.set()
             stop.wait(30)
 
     restarter = threading.Thread(target=restart_later)
@@ -315,7 +315,7 @@ def test_https_with_a_certificate(tmp_path: Path) -> None:
     certificate.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
     authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     env = {k: v for k, v in os.environ.items() if k not in ("SCHEDY_URL", "REQUESTS_CA_BUNDLE")}
-    env["SCHEDY_TOKEN"] = "tls-token"
+    env["SCHEDY_TOKEN"] = "tls-token-0123456789"
     options = (
         "--ssl-certfile",
         str(tmp_path / "cert.pem"),
@@ -326,13 +326,18 @@ def test_https_with_a_certificate(tmp_path: Path) -> None:
     try:
         assert url.startswith("https://")
         with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
-            schedy.SchedyDB(url, token="tls-token")  # an unknown CA is refused
-        with schedy.SchedyDB(url, token="tls-token", verify=str(tmp_path / "ca.pem")) as db:
+            schedy.SchedyDB(url, token="tls-token-0123456789")  # an unknown CA is refused
+        with schedy.SchedyDB(
+            url, token="tls-token-0123456789", verify=str(tmp_path / "ca.pem")
+        ) as db:
             db.add_experiment(schedy.ManualSearch("m"))
             db.get_experiment("m").add_job({"x": 1})
             assert [job.hyperparameters for job in db.get_experiment("m").all_jobs()] == [{"x": 1}]
         with pytest.raises(StorageError, match="cannot reach"):  # plain HTTP gets nothing
-            schedy.SchedyDB(url.replace("https", "http"), token="tls-token")
+            # (not retried: the client would retry a lost answer for 300 s by default)
+            schedy.SchedyDB(
+                url.replace("https", "http"), token="tls-token-0123456789", retry_seconds=0
+            )
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
@@ -414,7 +419,12 @@ def test_every_error_the_server_sends_is_raised_as_itself(
         with pytest.raises(expected) as caught:
             client.get_experiment("any")
         assert type(caught.value) is expected  # not merely a subclass of it
-        assert str(raised) in str(caught.value)
+        if isinstance(raised, (SchedyError, ValueError, TypeError)):
+            assert str(raised) in str(caught.value)
+        else:  # a bug: logged by the server, never shown (no internals in an answer)
+            assert str(raised) not in str(caught.value)
+            assert type(raised).__name__ not in str(caught.value)
+            assert "logged" in str(caught.value)
         client.close()
         # What travelled is the table's name and status for that class.
         answer = requests.get(

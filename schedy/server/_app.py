@@ -1,49 +1,60 @@
 """The FastAPI application: one endpoint per ``Storage`` method.
 
 The wire format -- the API prefix, JSON bodies that keep NaN and +/-inf,
-records, request bodies and the error table -- is ``schedy._wire``, which
-the client (``schedy.storage._http``) imports too: this module only routes
-requests to the storage and answers in that format, so the two sides cannot
-disagree. Experiment names and job ids travel as query parameters, not path
-segments: a name may hold any character (``/`` too). A failure comes back
-as the error table's type name and status, and the client raises the same
-class the storage raised.
+records, request bodies and their rules, the answers and the error table --
+is ``schedy._wire``, which the client (``schedy.storage._http``) imports
+too: this module only routes requests to the storage and answers in that
+format, so the two sides cannot disagree. Experiment names and job ids
+travel as query parameters, not path segments: a name may hold any
+character (``/`` too). A failure comes back as the error table's type name
+and status, and the client raises the same class the storage raised.
+
+Before a request reaches a route it passes ``_guard.Guard`` (tokens and
+roles, body size and depth, the last-resort 500); each route below states
+the least role that may call it, its answer's model and the failures it
+may meet, which is what the OpenAPI document at ``/docs`` says.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
-import secrets
 import socket
 import ssl
+import typing
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 try:
-    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import Response
+    from fastapi.openapi.utils import get_openapi
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         f"schedy server needs FastAPI and uvicorn ({error}): pip install 'schedy[server]'"
     ) from None
 
 from .. import __version__, _wire
-from .._records import ExperimentRecord
+from .._records import Claim, ExperimentRecord, JobRecord, MemberRecord, TokenRole
 from ..db import SchedyDB
-from ..errors import AuthenticationError, SchedyError, ServerError
+from ..errors import NotFoundError, SchedyError
 from ..storage._base import Storage
 from ..storage._http import HTTPStorage
+from ._auth import DEFAULT_CACHE_SECONDS, Authenticator
+from ._guard import DEFAULT_MAX_BODY_BYTES, Access, Guard
 
-__all__ = ["create_app", "serve"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
 
 
-class JSONText(Response):
-    """A body in the wire's JSON (``_wire.encode``): NaN and infinities stay numbers."""
+class JSONText(JSONResponse):
+    """A body in the wire's JSON (``_wire.encode``): NaN and infinities stay numbers.
+    (A JSONResponse, so that FastAPI documents the route's model as its answer.)"""
 
     media_type = _wire.MEDIA_TYPE
 
@@ -51,10 +62,12 @@ class JSONText(Response):
         return _wire.encode(content)
 
 
-def _error(error: BaseException) -> JSONText:
+def _error(
+    error: BaseException, status: int | None = None, headers: dict[str, str] | None = None
+) -> JSONText:
     """``error`` as the wire's error table says: its public name and status."""
-    status, body = _wire.encode_error(error)
-    return JSONText(body, status_code=status)
+    code, body = _wire.encode_error(error, status)
+    return JSONText(body, status_code=code, headers=headers)
 
 
 def _sql_storage(store: Storage | SchedyDB | str) -> Storage:
@@ -69,40 +82,65 @@ def _sql_storage(store: Storage | SchedyDB | str) -> Storage:
     return storage
 
 
-def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> FastAPI:
-    """The ASGI application serving ``store`` (a database URL or a ``SchedyDB``);
-    with ``token``, every API call needs ``Authorization: Bearer <token>``
-    (``/api/v1/health`` stays open)."""
+#: What each failure status means, as the OpenAPI document says it.
+_STATUSES = {
+    400: "Invalid request: a parameter or body field breaks its rule, the body is not JSON "
+    "or nests too deep, or the store refuses a value (`ValueError`, `TypeError`)",
+    401: "No token, or one the server does not know or that was revoked (`AuthenticationError`)",
+    403: "The token is valid, but its role may not make this call (`AuthenticationError`)",
+    404: "No such experiment or job (`NotFoundError`)",
+    409: "A conflict: the name is taken (`ResourceExistsError`), or the job's lease was lost "
+    "(`UnsafeUpdateError`)",
+    413: "The body is larger than the server's limit (`ValueError`)",
+    500: "An internal error; the server logged the details (`ServerError`)",
+    503: "The store cannot be reached or used (`StorageError`, `SchemaVersionError`)",
+}
+
+# Names and ids are looked up as given: one no store could hold (too long,
+# a NUL) names nothing, so it is a 404 like any unknown one, on every backend.
+ExperimentName = Annotated[str, Query(description="the experiment's name")]
+JobId = Annotated[str, Query(description="the job's id")]
+_PAGE = {"ge": 0, "le": _wire.MAX_PAGE}
+
+
+def create_app(
+    store: Storage | SchedyDB | str,
+    token: str | None = None,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    token_cache_seconds: float = DEFAULT_CACHE_SECONDS,
+) -> FastAPI:
+    """The ASGI application serving ``store`` (a database URL or a ``SchedyDB``).
+
+    ``token`` is the bootstrap token (admin; at least 16 characters,
+    surrounding whitespace ignored); tokens made with ``schedy token create``
+    are honoured too. With either, every call but ``/api/v1/health`` -- the
+    docs included -- needs ``Authorization: Bearer <token>`` of a role allowed
+    to make it; with neither, the application is open (``serve`` then only
+    listens on loopback). A request body may hold ``max_body_bytes`` at most;
+    a stored token's lookup is trusted ``token_cache_seconds`` (0: every
+    request asks the store).
+    """
     storage = _sql_storage(store)
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
+        raise ValueError(f"max_body_bytes must be a whole number of bytes, not {max_body_bytes!r}")
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be at least 1, not {max_body_bytes}")
+    authenticator = Authenticator(storage, token, token_cache_seconds)
+    secured = authenticator.required
     app = FastAPI(
         title="schedy",
         version=__version__,
-        description="Hyperparameter scheduling (Population Based Training) for workers "
-        "on many machines. Every call but /health needs `Authorization: Bearer <token>` "
-        "when the server was started with a token.",
+        description=_DESCRIPTION,
         default_response_class=JSONText,
     )
-    expected = None if token is None else token.encode("utf-8")
-
-    async def authorize(request: Request) -> None:
-        # async: a plain def dependency would cost a thread hop per request.
-        if expected is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            given.strip().encode("utf-8"), expected
-        ):
-            raise _Unauthorized()
-
-    @app.exception_handler(_Unauthorized)
-    async def unauthorized(request: Request, error: _Unauthorized) -> Response:
-        return _error(
-            AuthenticationError(
-                "the schedy server refused the token: give the server's token to SchedyDB "
-                "(token=...) or in $SCHEDY_TOKEN"
-            )
-        )
+    app.state.token_required = secured
+    rules: dict[tuple[str, str], Access] = {("GET", _wire.API_PREFIX + "/health"): Access(None, "")}
+    for path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
+        rules["GET", path] = Access(TokenRole.READ, "read the API's documentation")
+    app.add_middleware(
+        Guard, authenticator=authenticator, rules=rules, max_body_bytes=max_body_bytes
+    )
 
     @app.exception_handler(SchedyError)
     @app.exception_handler(ValueError)
@@ -114,113 +152,248 @@ def create_app(store: Storage | SchedyDB | str, token: str | None = None) -> Fas
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
-            for problem in error.errors()
-        )
-        return _error(ValueError(f"invalid request to the schedy server: {problems}"))
+        return _error(ValueError(f"invalid request to the schedy server: {_problems(error)}"))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> Response:
-        logger.exception("schedy server: %s %s failed", request.method, request.url.path)
-        return _error(ServerError(f"the schedy server failed: {error!r}"))
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, error: StarletteHTTPException) -> Response:
+        # The router's 404 and 405, and FastAPI's 400 for a body it could not parse.
+        where = f"{request.method} {request.url.path}"
+        failure: Exception
+        if error.status_code == 404:
+            failure = NotFoundError(f"the schedy server has no endpoint {where}")
+        elif error.status_code == 405:
+            failure = ValueError(f"{request.url.path} does not take {request.method}")
+        elif error.status_code == 400:
+            failure = ValueError("the request body is not valid JSON (UTF-8)")
+        else:
+            failure = ValueError(f"the schedy server cannot answer {where}")
+        return _error(failure, error.status_code, getattr(error, "headers", None))
 
-    secured = [Depends(authorize)]
-
-    def route(method: str, path: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    def route(
+        method: str,
+        path: str,
+        role: TokenRole,
+        action: str,
+        answer: Any,
+        *fails: int,
+        status_code: int = 200,
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """``method path``, open to ``role`` and above, answering ``answer``
+        (its response model) or one of the failures every route may meet
+        and ``fails``."""
+        full = _wire.API_PREFIX + path
+        rules[method, full] = Access(role, action)
+        statuses = {400, 413, 500, 503, *fails}
+        if secured:
+            statuses.add(401)
+            if role is not TokenRole.READ:
+                statuses.add(_wire.FORBIDDEN_STATUS)
         return app.api_route(
-            _wire.API_PREFIX + path, methods=[method], dependencies=secured, **options
+            full,
+            methods=[method],
+            response_model=answer,
+            status_code=status_code,
+            responses=_failures(statuses),
+            description=f"Needs a token of role **{role}** or above.",
         )
 
-    @app.get(_wire.API_PREFIX + "/health")
+    @app.get(
+        _wire.API_PREFIX + "/health",
+        response_model=_wire.Hello,
+        responses=_failures({400, 413, 500}),
+    )
     def health() -> Any:
         """Open to all: lets a client tell a schedy server from anything else."""
         return JSONText(_wire.hello(__version__))
 
-    @route("GET", "/session")
+    @route("GET", "/session", TokenRole.READ, "check a token", _wire.Hello)
     def session() -> Any:
         """Checks the token: clients call it once, so a wrong one fails at SchedyDB()."""
         return JSONText(_wire.hello(__version__))
 
     # -- experiments -----------------------------------------------------------
-    @route("GET", "/experiments")
+    @route("GET", "/experiments", TokenRole.READ, "list experiments", list[ExperimentRecord])
     def list_experiments() -> Any:
+        """Every experiment, oldest first."""
         return JSONText([_wire.encode_experiment(r) for r in storage.list_experiments()])
 
-    @route("POST", "/experiments", status_code=201)
-    def create_experiment(body: ExperimentRecord) -> Any:
-        storage.create_experiment(body)
+    @route(
+        "POST",
+        "/experiments",
+        TokenRole.ADMIN,
+        "create experiments",
+        _wire.Done,
+        409,
+        status_code=201,
+    )
+    def create_experiment(body: _wire.NewExperiment) -> Any:
+        """Creates an experiment (409 if the name is taken)."""
+        storage.create_experiment(body.record())
         return JSONText({}, status_code=201)
 
-    @route("GET", "/experiment")
-    def get_experiment(name: str) -> Any:
+    @route("GET", "/experiment", TokenRole.READ, "read experiments", ExperimentRecord, 404)
+    def get_experiment(name: ExperimentName) -> Any:
+        """One experiment."""
         return JSONText(_wire.encode_experiment(storage.get_experiment(name)))
 
-    @route("PUT", "/experiment")
-    def update_experiment(name: str, body: _wire.ExperimentChange) -> Any:
+    @route("PUT", "/experiment", TokenRole.ADMIN, "change experiments", _wire.Done, 404)
+    def update_experiment(name: ExperimentName, body: _wire.ExperimentChange) -> Any:
+        """Replaces an experiment's status and configuration."""
         storage.update_experiment(name, body.status, body.config)
         return JSONText({})
 
-    @route("DELETE", "/experiment")
-    def delete_experiment(name: str) -> Any:
+    @route("DELETE", "/experiment", TokenRole.ADMIN, "delete experiments", _wire.Done, 404)
+    def delete_experiment(name: ExperimentName) -> Any:
+        """Deletes an experiment and all its jobs."""
         storage.delete_experiment(name)
         return JSONText({})
 
     # -- jobs ------------------------------------------------------------------
-    @route("POST", "/jobs", status_code=201)
-    def add_job(experiment: str, body: _wire.NewJob) -> Any:
+    @route("POST", "/jobs", TokenRole.WORKER, "add jobs", JobRecord, 404, status_code=201)
+    def add_job(experiment: ExperimentName, body: _wire.NewJob) -> Any:
+        """Adds a job by hand (a queued one is handed out first)."""
         record = storage.add_job(experiment, body.status, body.hyperparameters, body.results)
         return JSONText(_wire.encode_job(record), status_code=201)
 
-    @route("GET", "/jobs")
+    @route("GET", "/jobs", TokenRole.READ, "list jobs", list[JobRecord], 404)
     def list_jobs(
-        experiment: str, after: str | None = None, limit: int = Query(1000, ge=1, le=10000)
+        experiment: ExperimentName,
+        after: Annotated[str | None, Query(description="the last job of the previous page")] = None,
+        limit: Annotated[int, Query(description="the page's size", ge=1, le=_wire.MAX_PAGE)] = (
+            1000
+        ),
     ) -> Any:
+        """One page of jobs in creation order, starting after job ``after``."""
         found = storage.list_jobs(experiment, after=after, limit=limit)
         return JSONText([_wire.encode_job(record) for record in found])
 
-    @route("GET", "/job")
-    def get_job(experiment: str, id: str) -> Any:
+    @route("GET", "/job", TokenRole.READ, "read jobs", JobRecord, 404)
+    def get_job(experiment: ExperimentName, id: JobId) -> Any:
+        """One job."""
         return JSONText(_wire.encode_job(storage.get_job(experiment, id)))
 
-    @route("PATCH", "/job")
-    def update_job(experiment: str, id: str, body: _wire.JobChange) -> Any:
+    @route("PATCH", "/job", TokenRole.WORKER, "report on jobs", JobRecord, 404, 409)
+    def update_job(experiment: ExperimentName, id: JobId, body: _wire.JobChange) -> Any:
+        """Writes a job back; with ``lease_token``, only while that lease holds (409)."""
         record = storage.update_job(experiment, id, body.update(), lease_token=body.lease_token)
         return JSONText(_wire.encode_job(record))
 
-    @route("DELETE", "/job")
-    def delete_job(experiment: str, id: str) -> Any:
+    @route("DELETE", "/job", TokenRole.ADMIN, "delete jobs", _wire.Done, 404)
+    def delete_job(experiment: ExperimentName, id: JobId) -> Any:
+        """Deletes one job."""
         storage.delete_job(experiment, id)
         return JSONText({})
 
     # -- scheduling ------------------------------------------------------------
-    @route("POST", "/claim")
-    def claim_job(experiment: str, body: _wire.ClaimRequest) -> Any:
+    @route("POST", "/claim", TokenRole.WORKER, "claim jobs", Claim, 404)
+    def claim_job(experiment: ExperimentName, body: _wire.ClaimRequest) -> Any:
+        """Decides and claims the next job, leased to the caller."""
         claim = storage.claim_job(experiment, body.lease_seconds, body.request_id)
         return JSONText(_wire.encode_claim(claim))
 
-    @route("POST", "/lease")
-    def renew_lease(experiment: str, id: str, body: _wire.LeaseRenewal) -> Any:
+    @route("POST", "/lease", TokenRole.WORKER, "renew leases", _wire.Renewed, 404)
+    def renew_lease(experiment: ExperimentName, id: JobId, body: _wire.LeaseRenewal) -> Any:
+        """Extends a held lease; ``renewed`` is false when it was lost."""
         renewed = storage.renew_lease(experiment, id, body.lease_token, body.lease_seconds)
         return JSONText(_wire.encode_renewed(renewed))
 
-    @route("GET", "/jobs-in-use")
-    def jobs_in_use(experiment: str, top_k: int = Query(0, ge=0)) -> Any:
+    @route("GET", "/jobs-in-use", TokenRole.READ, "list jobs", list[JobRecord], 404)
+    def jobs_in_use(
+        experiment: ExperimentName,
+        top_k: Annotated[int, Query(description="how many best jobs to keep", **_PAGE)] = 0,
+    ) -> Any:
+        """The jobs whose checkpoints must be kept."""
         return JSONText([_wire.encode_job(r) for r in storage.jobs_in_use(experiment, top_k)])
 
-    @route("GET", "/top-jobs")
-    def top_jobs(experiment: str, k: int = Query(1, ge=0)) -> Any:
+    @route("GET", "/top-jobs", TokenRole.READ, "list jobs", list[JobRecord], 404)
+    def top_jobs(
+        experiment: ExperimentName,
+        k: Annotated[int, Query(description="how many", **_PAGE)] = 1,
+    ) -> Any:
+        """The ``k`` best DONE jobs, best first."""
         return JSONText([_wire.encode_job(r) for r in storage.top_jobs(experiment, k)])
 
-    @route("GET", "/members")
-    def members(experiment: str) -> Any:
+    @route("GET", "/members", TokenRole.READ, "read populations", list[_MEMBER], 404)
+    def members(experiment: ExperimentName) -> Any:
+        """The population summary."""
         return JSONText([_wire.encode_member(m) for m in storage.get_members(experiment)])
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _document(app, secured)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
-class _Unauthorized(Exception):
-    """A request without the server's token."""
+_DESCRIPTION = (
+    "Hyperparameter scheduling (Population Based Training) for workers on many machines. "
+    "Every call but `/api/v1/health` -- these docs included -- needs "
+    "`Authorization: Bearer <token>` when the server has tokens: the one it was started "
+    "with (admin) or one made by `schedy token create` with a role: **read** (GET only), "
+    "**worker** (also claims, leases, job reports and added jobs) or **admin** (everything). "
+    'Every failure is `{"error": {"type": ..., "message": ...}}`; the client raises '
+    "the schedy error named by `type`."
+)
+
+#: The member record as it travels (an object of MemberRecord's fields), for the docs.
+_MEMBER: Any = dataclasses.make_dataclass(
+    "MemberRecord", list(typing.get_type_hints(MemberRecord).items())
+)
+
+
+def _failures(statuses: set[int]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of these failure statuses: the error JSON, and why."""
+    return {
+        status: {"model": _wire.ErrorAnswer, "description": _STATUSES[status]}
+        for status in sorted(statuses)
+    }
+
+
+def _problems(error: RequestValidationError) -> str:
+    """What was wrong with a request, field by field, in the words of its rules."""
+    found = []
+    for problem in error.errors():
+        where = [str(part) for part in problem.get("loc", ())[1:]]
+        if problem.get("type") == "json_invalid":
+            found.append("the body is not valid JSON")
+            continue
+        if isinstance(problem.get("input"), bytes):  # a body FastAPI did not read as JSON
+            found.append(f"the body must be JSON, sent as Content-Type: {_wire.MEDIA_TYPE}")
+            continue
+        message = str(problem.get("msg", "invalid"))
+        message = message.removeprefix("Value error, ")
+        found.append(f"{'.'.join(where)}: {message}" if where else message)
+    return "; ".join(found) or "invalid request"
+
+
+def _document(app: FastAPI, secured: bool) -> dict[str, Any]:
+    """The OpenAPI document FastAPI writes, made true to what the server does: no
+    422 (every invalid request is a 400 in the error JSON), the bearer scheme
+    on every route but health when the server has tokens."""
+    document = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    health = _wire.API_PREFIX + "/health"
+    for path, item in document.get("paths", {}).items():
+        for operation in item.values():
+            operation.get("responses", {}).pop("422", None)
+            if secured and path != health:
+                operation["security"] = [{"bearer": []}]
+    components = document.setdefault("components", {})
+    schemas = components.get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    if secured:
+        components["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "The server's token, or one made by `schedy token create`",
+            }
+        }
+    return document
 
 
 def is_loopback(host: str) -> bool:
@@ -246,21 +419,26 @@ def serve(
     log_level: str = "warning",
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve ``store`` until interrupted (Ctrl-C, SIGTERM).
 
-    Without a token only loopback may listen: anyone who reaches the port
-    could otherwise read and change every experiment. With ``ssl_certfile``
-    and ``ssl_keyfile`` (PEM) it speaks HTTPS, so the token is not sent in
-    clear. The socket is bound here, so ``port=0`` picks a free port and
-    ``announce`` gets the real URL.
+    ``token`` is the bootstrap token (see :func:`create_app`). Without it
+    and without tokens in the store only loopback may listen: anyone who
+    reaches the port could otherwise read and change every experiment. With
+    ``ssl_certfile`` and ``ssl_keyfile`` (PEM) it speaks HTTPS, so tokens are
+    not sent in clear. The socket is bound here, so ``port=0`` picks a free
+    port and ``announce`` gets the real URL.
     """
     storage = _sql_storage(store)
-    if not token and not is_loopback(host):
+    app = create_app(storage, token or None, max_body_bytes=max_body_bytes)
+    secured = bool(app.state.token_required)
+    if not secured and not is_loopback(host):
         raise ValueError(
             f"refusing to listen on {host} without a token: anyone reaching it could change "
-            "every experiment. Give --token (or $SCHEDY_TOKEN), or listen on 127.0.0.1"
+            "every experiment. Give a token ($SCHEDY_TOKEN or --token-file), create tokens "
+            "with `schedy token create`, or listen on 127.0.0.1"
         )
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise ValueError(
@@ -287,10 +465,10 @@ def serve(
     served = getattr(storage, "_safe_url", lambda: storage.url)()  # no password in logs
     announce(
         f"schedy server {__version__}: serving {served} on {scheme}://{shown}:{bound} "
-        f"({'token required' if token else 'no token: this machine only'}; API docs at /docs)"
+        f"({'token required' if secured else 'no token: this machine only'}; API docs at /docs)"
     )
     config = uvicorn.Config(
-        create_app(storage, token or None),
+        app,
         log_level=log_level,
         timeout_graceful_shutdown=10,
         ssl_certfile=ssl_certfile,
