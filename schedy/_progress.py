@@ -47,14 +47,19 @@ class FinishedJobs:
     """The jobs of one experiment that finished (DONE, CRASHED, PRUNED) since the
     last :meth:`poll`, oldest end first.
 
-    Jobs already finished when it is built are not reported (``since_start``
-    False reports them too, on the first poll). Jobs created after the
-    last one seen are read in pages; jobs seen queued or running are read
-    again by id until they end (running ones every poll, queued ones a few
-    at a time), so a poll reads what changed, not the history.
+    Jobs already finished when it is built are not reported: it reads the
+    history then (``since_start``), or -- given ``since``, a time -- on the
+    first poll, reporting only the jobs that ended from then on (so a
+    launcher starts its workers first and reads a long history meanwhile).
+    ``since_start=False`` reports every job on the first poll. Jobs created
+    after the last one seen are read in pages; jobs seen queued or running
+    are read again by id until they end (running ones every poll, queued
+    ones a few at a time), so a poll reads what changed, not the history.
     """
 
-    def __init__(self, experiment: Experiment, *, since_start: bool = True) -> None:
+    def __init__(
+        self, experiment: Experiment, *, since_start: bool = True, since: float | None = None
+    ) -> None:
         self.experiment = experiment
         self._last: str | None = None
         self._seen: set[str] = set()
@@ -64,7 +69,8 @@ class FinishedJobs:
         self._ended_members: set[int] | None = None
         #: How many jobs of each final status were read (those before the start included).
         self.ended: Counter[str] = Counter()
-        if since_start:
+        self._since = since
+        if since_start and since is None:
             self._read_new(report=False)
 
     # -- reading the store ---------------------------------------------------
@@ -99,7 +105,7 @@ class FinishedJobs:
                     self._open[job.id] = job.status
                 else:
                     self.ended[job.status] += 1
-                    if report:
+                    if report and (self._since is None or job.updated_at >= self._since):
                         finished.append(job)
             if page:
                 self._last = page[-1].id

@@ -152,7 +152,11 @@ class _Progress:
             from .db import SchedyDB
 
             self._db = SchedyDB(url)
-            self._watcher = FinishedJobs(self._db.get_experiment(experiment))
+            # The history is read on the first look, once the workers run; what ended
+            # before now is not this run's (a second's slack for another clock).
+            self._watcher = FinishedJobs(
+                self._db.get_experiment(experiment), since=time.time() - 1.0
+            )
             self._watcher.retired()  # the members that had ended before this run
         except (SchedyError, OSError) as error:
             self._note(f"no progress lines: {error}")

@@ -225,6 +225,20 @@ def test_finished_jobs_are_read_as_they_end(db: schedy.SchedyDB) -> None:
     )
 
 
+def test_finished_jobs_since_a_time_read_the_history_on_the_first_poll(
+    db: schedy.SchedyDB,
+) -> None:
+    experiment = make_pbt(db)
+    before = train(experiment, 2)
+    since = max(job.updated_at for job in experiment.all_jobs()) + 1e-3
+    watcher = FinishedJobs(experiment, since=since)
+    assert watcher.total == 0  # nothing read yet: a launcher starts its workers first
+    after = train(experiment, 1)
+    assert [job.id for job in watcher.poll()] == list(after.values())
+    assert watcher.total == 3 and watcher.ended["DONE"] == 3
+    assert set(before.values()).isdisjoint(job.id for job in watcher.poll())
+
+
 def test_a_crashed_or_plain_job_line(db: schedy.SchedyDB) -> None:
     manual = schedy.ManualSearch("manual")
     db.add_experiment(manual)
@@ -305,19 +319,36 @@ def test_schedy_worker_prints_one_line_per_finished_job(
     out, err = capfd.readouterr()
     assert code == 0, err
     lines = [line for line in out.splitlines() if line.startswith("member ")]
+    lines = [line for line in lines if " retired " not in line]  # a straggler, if one was
     if talk == "--quiet":
         assert lines == []
     else:
-        assert len(lines) == 5  # every job, once
+        # Two workers race, so which jobs PBT makes varies: each job has its line, once.
+        assert sorted(lines) == sorted(expected_lines(db.get_experiment("pbt")))
         assert sum("(new)" in line for line in lines) == 2
-        assert any(line.startswith("member 1 gen 2 ← member 0 (exploit)  lr ") for line in lines)
-        assert all("acc " in line for line in lines)
     # The workers' own output is theirs, whatever the option; --verbose tells them so.
     said = sorted(line.strip() for line in out.splitlines() if line.startswith("worker "))
     expected = "worker {} verbose" if talk == "--verbose" else "worker {}"
     assert said == [expected.format(0), expected.format(1)]
     assert ("schedy: worker 0 started" in err) == (talk == "--verbose")
     assert "Traceback" not in err
+
+
+def expected_lines(experiment: schedy.Experiment) -> list[str]:
+    """The progress line of every job in the store, computed from the store."""
+    lines = []
+    for job in experiment.all_jobs():
+        parent = None if job.parent_id is None else experiment.get_job(job.parent_id)
+        donor = None if job.exploited_from is None else experiment.get_job(job.exploited_from)
+        lines.append(
+            progress_line(
+                job,
+                parent=None if parent is None else parent.hyperparameters,
+                donor=None if donor is None else donor.member,
+                result_name="acc",
+            )
+        )
+    return lines
 
 
 def train_function(job: schedy.Job) -> None:
@@ -332,7 +363,11 @@ def test_run_workers_prints_the_lines_too(
     make_pbt(db)
     assert schedy.run_workers(train_function, "pbt", workers=2, db=url, gpus=[]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 5 and all(line.startswith("member ") for line in lines)
+    retired = [line for line in lines if " retired " in line]
+    ended_early = [m for m in db.get_experiment("pbt").population() if m.ended]
+    assert len(retired) <= len(ended_early)
+    jobs = [line for line in lines if " retired " not in line]
+    assert sorted(jobs) == sorted(expected_lines(db.get_experiment("pbt")))
     with pytest.raises(ValueError, match="progress must be one of lines, quiet, verbose"):
         schedy.run_workers(train_function, "pbt", db=url, progress="loud")  # type: ignore[arg-type]
 
