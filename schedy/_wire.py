@@ -70,6 +70,7 @@ from .errors import (
 __all__ = [
     "API_PREFIX",
     "API_VERSION",
+    "DEFAULT_MAX_BODY_BYTES",
     "ERRORS",
     "FORBIDDEN_STATUS",
     "MAX_BODY_DEPTH",
@@ -120,6 +121,9 @@ API_VERSION = 1
 MEDIA_TYPE = "application/json"
 #: The most records one call returns or asks for (``limit``, ``k``, ``top_k``).
 MAX_PAGE = 10_000
+#: The largest request body a server takes unless told otherwise
+#: (``schedy server --max-body-mb``): far above any job, whose values are JSON.
+DEFAULT_MAX_BODY_BYTES = 16 * 2**20
 #: How deep a request body may nest: the values it carries may nest
 #: ``_values.MAX_DEPTH`` levels, and the body wraps them in a few more.
 MAX_BODY_DEPTH = 100

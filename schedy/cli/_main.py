@@ -32,6 +32,7 @@ from . import (
     _run,
     _server,
     _show,
+    _token,
     _top,
     _worker,
 )
@@ -42,7 +43,7 @@ __all__ = ["main"]
 #: Every command, in the order ``schedy --help`` lists them.
 _COMMANDS = (
     *(_add, _push, _list, _show, _lineage, _top, _report, _replay),
-    *(_rm, _export, _run, _worker, _server),
+    *(_rm, _export, _run, _worker, _server, _token),
 )
 
 

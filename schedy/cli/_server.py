@@ -4,18 +4,51 @@ Workers on other machines then use ``SchedyDB('http://HOST:PORT')`` and a
 token; scheduling still runs next to the database, in the server. FastAPI
 and uvicorn are an optional extra, so they are imported only here, when the
 command runs.
+
+The bootstrap token (admin) comes from ``--token-file`` or
+``$SCHEDY_TOKEN``, which other users of the machine cannot read; ``--token``
+still works but is visible to all of them in ``ps``, so it warns. Whitespace
+around a token (the newline ending a file, say) is no part of it. Tokens
+made with ``schedy token create`` need no restart.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
+from .._wire import DEFAULT_MAX_BODY_BYTES
 from ..db import _scheme
 from ._base import Commands, Store, UsageError
 
 __all__ = ["setup"]
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The bootstrap token: from --token-file, --token (with a warning) or
+    $SCHEDY_TOKEN, without surrounding whitespace; None when there is none."""
+    if args.token is not None and args.token_file is not None:
+        raise UsageError("give the server's token with --token or --token-file, not both")
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                found = file.read().strip()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise UsageError(f"cannot read the token file {args.token_file}: {reason}") from None
+        if not found:
+            raise UsageError(f"the token file {args.token_file} is empty")
+        return found
+    if args.token is not None:
+        print(
+            "schedy: warning: --token is visible to every user of this machine (ps, "
+            "/proc); give it as $SCHEDY_TOKEN or --token-file instead",
+            file=sys.stderr,
+        )
+        return str(args.token).strip()
+    return os.environ.get("SCHEDY_TOKEN", "").strip() or None
 
 
 def _server(args: argparse.Namespace, store: Store) -> int:
@@ -31,7 +64,9 @@ def _server(args: argparse.Namespace, store: Store) -> int:
         from ..server import serve
     except ImportError as error:
         raise UsageError(str(error)) from None
-    token = args.token or os.environ.get("SCHEDY_TOKEN") or None
+    if not (math.isfinite(args.max_body_mb) and args.max_body_mb * 2**20 >= 1):
+        raise UsageError(f"--max-body-mb must be a positive number, not {args.max_body_mb:g}")
+    token = _token(args)
     try:
         serve(
             store.open(create=True),
@@ -41,6 +76,7 @@ def _server(args: argparse.Namespace, store: Store) -> int:
             log_level=args.log_level,
             ssl_certfile=args.ssl_certfile,
             ssl_keyfile=args.ssl_keyfile,
+            max_body_bytes=int(args.max_body_mb * 2**20),
             announce=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except ValueError as error:
@@ -69,9 +105,23 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
     parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="read the server's admin token from this file (default: $SCHEDY_TOKEN); a "
+        "token, or tokens made by `schedy token create`, is required beyond loopback",
+    )
+    parser.add_argument(
         "--token",
         default=None,
-        help="the token clients must send (default: $SCHEDY_TOKEN); required beyond loopback",
+        help="the server's admin token on the command line: visible to other users in ps, "
+        "so prefer $SCHEDY_TOKEN or --token-file",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=DEFAULT_MAX_BODY_BYTES / 2**20,
+        metavar="MB",
+        help=f"the largest request body, in MiB (default {DEFAULT_MAX_BODY_BYTES // 2**20})",
     )
     parser.add_argument(
         "--ssl-certfile",

@@ -47,7 +47,7 @@ logger = logging.getLogger("schedy.server")
 
 #: The largest request body by default: far above any job (values are JSON),
 #: far below what would hurt a server holding several at once.
-DEFAULT_MAX_BODY_BYTES = 16 * 2**20
+DEFAULT_MAX_BODY_BYTES = _wire.DEFAULT_MAX_BODY_BYTES
 #: Bodies larger than this are scanned for depth off the event loop.
 _SCAN_INLINE_BYTES = 2**20
 #: The 500's message: what happened is in the server's log, not in the answer.
