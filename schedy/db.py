@@ -51,9 +51,10 @@ def _sqlite_file(url: str) -> str | None:
     return None if database in ("", ":memory:") else database
 
 
-def _open_storage(url: str, options: dict[str, Any]) -> Storage:
+def _open_storage(url: str, options: dict[str, Any], create: bool = False) -> Storage:
     scheme = _scheme(url)
     if scheme in ("http", "https"):
+        # ``create`` is the server's to decide: `schedy server` opens its store with it.
         from .storage._http import HTTPStorage
 
         options = dict(options)
@@ -75,7 +76,7 @@ def _open_storage(url: str, options: dict[str, Any]) -> Storage:
     elif scheme in ("mysql", "mariadb") and url.split("://", 1)[0].lower() == scheme:
         # No driver named: the pure-Python one that `schedy[mysql]` installs.
         url = f"{scheme}+pymysql://" + url.split("://", 1)[1]
-    return SQLStorage(url, **options)
+    return SQLStorage(url, create=create, **options)
 
 
 class SchedyDB:
@@ -93,10 +94,23 @@ class SchedyDB:
     ``timeout`` (seconds per request), ``retry_seconds`` (how long a request
     that cannot connect is retried, default 10) and ``verify`` (the CA bundle of an
     HTTPS server's certificate; default the system's or ``$REQUESTS_CA_BUNDLE``).
+
+    A SQLite file that does not exist is created. One that exists but is
+    empty (0 bytes) or holds no schedy tables is refused with a
+    ``StorageError`` unless ``create=True``: a store truncated by accident,
+    or a path to another program's database, must not silently become a new,
+    empty store. ``schedy add`` and ``schedy server`` pass ``create=True``.
+    Database servers (an empty database is initialised either way) and
+    schedy servers ignore it.
     """
 
     def __init__(
-        self, url: str | None = None, *, lease_seconds: float | None = None, **options: Any
+        self,
+        url: str | None = None,
+        *,
+        lease_seconds: float | None = None,
+        create: bool = False,
+        **options: Any,
     ) -> None:
         url = _resolve_url(url)
         if not isinstance(url, str) or not url:
@@ -105,7 +119,7 @@ class SchedyDB:
             lease_seconds = _lease_from_environment()
         self.url = url
         self._lease_seconds = check_lease_seconds(lease_seconds)
-        self._storage = _open_storage(url, options)
+        self._storage = _open_storage(url, options, create)
 
     def add_experiment(self, exp: Experiment) -> None:
         """Store a new experiment; ``ResourceExistsError`` if the name is taken."""

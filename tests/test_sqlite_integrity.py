@@ -124,3 +124,100 @@ def test_issue_scenario_no_job_reported_done_after_deletion(tmp_path: Path) -> N
             errors += 1
     assert (done, errors) == (10, 20)
     db.close()
+
+
+# -- 2. an emptied file, or a SQLite file without schedy's tables ------------------
+def test_truncated_store_is_refused_by_a_plain_open(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db, _experiment = _store(path, jobs=300)
+    db.close()
+    os.truncate(path, 0)
+    with pytest.raises(StorageError, match=r"empty \(0 bytes\).*create=True"):
+        schedy.SchedyDB(f"sqlite:///{path}")
+    assert path.stat().st_size == 0  # refused without touching it
+    with pytest.raises(StorageError, match="empty"):
+        schedy.SchedyDB(str(path))  # a bare path alike
+    # Only an explicit create initialises it.
+    with schedy.SchedyDB(f"sqlite:///{path}", create=True) as fresh:
+        assert fresh.get_experiments() == []
+
+
+def test_cli_refuses_a_truncated_store_and_add_initialises_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from schedy.cli import main
+
+    path = tmp_path / "s.db"
+    db, _experiment = _store(path, jobs=300)
+    db.close()
+    path.write_bytes(b"")
+    assert main(["--db", f"sqlite:///{path}", "list"]) != 0
+    assert "empty (0 bytes)" in capsys.readouterr().err
+    assert main(["--db", f"sqlite:///{path}", "add", "fresh", "manual"]) == 0
+    assert main(["--db", f"sqlite:///{path}", "list"]) == 0
+    assert "fresh" in capsys.readouterr().out
+
+
+def test_sqlite_file_of_another_program_is_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "notes.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE notes (text TEXT)")
+    connection.execute("INSERT INTO notes VALUES ('keep me')")
+    connection.commit()
+    connection.close()
+    with pytest.raises(StorageError, match=r"without schedy's tables.*notes.*create=True"):
+        schedy.SchedyDB(f"sqlite:///{path}")
+    with schedy.SchedyDB(f"sqlite:///{path}", create=True) as db:
+        db.add_experiment(schedy.ManualSearch("m"))
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT text FROM notes").fetchall() == [("keep me",)]
+    connection.close()
+
+
+def test_a_missing_file_is_still_created_by_a_plain_open(tmp_path: Path) -> None:
+    # Not data loss, and the quickstart relies on it: SchedyDB() then add_experiment.
+    path = tmp_path / "new.db"
+    with schedy.SchedyDB(f"sqlite:///{path}") as db:
+        db.add_experiment(schedy.ManualSearch("m"))
+    assert path.stat().st_size > 0
+    with schedy.SchedyDB(f"sqlite:///{path}") as db:  # and reopened as a store
+        assert [experiment.name for experiment in db.get_experiments()] == ["m"]
+
+
+def test_a_missing_file_with_its_write_ahead_log_left_is_refused(tmp_path: Path) -> None:
+    # The file was deleted while a process had it open: its -wal is left
+    # behind. A plain open must not start an empty store there (SQLite would
+    # also delete that log).
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    _cycle(experiment)
+    os.remove(path)
+    assert (tmp_path / "s.db-wal").exists()
+    with pytest.raises(StorageError, match=r"-wal.*deleted"):
+        schedy.SchedyDB(f"sqlite:///{path}")
+    assert not path.exists()
+    db.close()
+
+
+def test_concurrent_first_opens_of_a_new_file_all_succeed(tmp_path: Path) -> None:
+    # A worker that just created the file leaves it 0 bytes for an instant;
+    # a second opener must wait for it, not call it an emptied store.
+    import threading
+
+    path = tmp_path / "new.db"
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            schedy.SchedyDB(f"sqlite:///{path}").close()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_it) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

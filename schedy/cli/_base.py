@@ -28,7 +28,9 @@ class Store:
     Arguments are checked first, so a typo never touches the store; and only
     ``add`` and ``server`` may create a SQLite file: any other command on a
     missing file (a mistyped --db, or run from the wrong folder) is an error,
-    instead of an empty database left behind.
+    instead of an empty database left behind. They alone pass ``create`` to
+    :class:`SchedyDB`, so an existing empty (truncated) file, or another
+    program's SQLite database, is refused by every other command.
     """
 
     def __init__(self, url: str | None) -> None:
@@ -43,7 +45,7 @@ class Store:
                     f"no schedy store at {path}: create an experiment there "
                     "with `schedy add`, or name your store with --db URL or $SCHEDY_URL"
                 )
-            self._db = SchedyDB(self.url)
+            self._db = SchedyDB(self.url, create=create)
         return self._db
 
     def __enter__(self) -> Store:

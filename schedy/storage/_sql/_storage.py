@@ -91,9 +91,12 @@ class SQLStorage(Storage):
     """Storage on any SQLAlchemy URL: SQLite (the embedded default), PostgreSQL,
     MariaDB/MySQL."""
 
-    def __init__(self, url: str, *, echo: bool = False, **engine_options: Any) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, create: bool = False, **engine_options: Any
+    ) -> None:
         self.url = url
-        self._db = Database(url, echo, engine_options)
+        # create: an existing empty or non-schedy SQLite file may be initialised.
+        self._db = Database(url, echo, engine_options, create=create)
         #: Locked? -> the statement reading an experiment row (and the clock).
         self._experiment_statements = {
             lock: sql.experiment_statement(self._db.dialect, lock) for lock in (False, True)

@@ -24,6 +24,12 @@ every transaction and after every write's commit (one ``os.stat``, about
 1 us, on a cycle of about 300 us); once it differs every call is refused,
 reads included, and no connection is opened that would create a new empty
 file at the path.
+
+Only an explicit create (``SchedyDB(url, create=True)``, which ``schedy add``
+and ``schedy server`` pass) may initialise an existing file that is empty
+or holds no schedy tables: a store truncated to 0 bytes, or a wrong path to
+another program's database, is refused rather than silently made a new,
+empty store. A path with no file at all is still created by any open.
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ T = TypeVar("T")
 
 #: Total time a transaction may keep retrying on lock contention.
 CONTENTION_BUDGET_S = 300.0
+
+#: How long an open waits for a 0-byte file just created by another opener
+#: (SQLite creates it empty and writes its header an instant later).
+EMPTY_FILE_GRACE_S = 0.5
 
 
 class IntegrityConflict(StorageError):
@@ -100,8 +110,10 @@ def is_contention(error: BaseException | None) -> bool:
 class Database:
     """One store's engine and transactions; ``dialect`` is SQLAlchemy's backend name."""
 
-    def __init__(self, url: str, echo: bool, options: dict[str, Any]) -> None:
+    def __init__(self, url: str, echo: bool, options: dict[str, Any], create: bool = False) -> None:
         self.url = url
+        #: Whether an existing empty or non-schedy SQLite file may be initialised.
+        self.create = create
         #: The SQLite file, absolute; None in memory and on database servers.
         self._path: str | None = None
         #: (st_dev, st_ino) of that file, once the first connection opened it.
@@ -125,6 +137,12 @@ class Database:
         self._dbapi_integrity_error: type[Exception] = getattr(
             dbapi, "IntegrityError", IntegrityError
         )
+        if self._path is not None:
+            try:
+                self._inspect_at_open()
+            except BaseException:
+                self.close()
+                raise
         if hasattr(os, "register_at_fork"):
             # A forked worker must not reuse the parent's connections.
             os.register_at_fork(after_in_child=self._after_fork)
@@ -177,6 +195,7 @@ class Database:
                     f"cannot open SQLite database {database!r}: folder {directory!r} does "
                     "not exist; create it or pick another path."
                 )
+            self._check_before_open(path)
             self._path = path
             if not uri:
                 # Absolute, so that a chdir after opening cannot make a new
@@ -257,6 +276,68 @@ class Database:
         self.engine.dispose()
 
     # -- the file under a SQLite store -------------------------------------------------
+    def _check_before_open(self, path: str) -> None:
+        """Refuse, before SQLite touches it, a file that only ``create`` may initialise.
+
+        SQLite would take a 0-byte file for a new database, write a fresh
+        header into it and delete the write-ahead log beside it: the
+        truncated store would read back as an empty one.
+        """
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            if not self.create and os.path.exists(path + "-wal"):
+                raise StorageError(
+                    f"there is no SQLite store at {path}, but its write-ahead log {path}-wal "
+                    "is still there: the store was deleted (or moved without its -wal file) "
+                    "while a process had it open. Restore the file; to start a new, empty "
+                    "store there instead, open it with SchedyDB(url, create=True) or "
+                    "`schedy add`."
+                ) from None
+            return  # a new store: the first connection creates it
+        if stat.st_size > 0 or self.create:
+            return
+        # Another opener may have created it an instant ago: give it time to
+        # write the header before calling the file an emptied store.
+        deadline = time.time() + EMPTY_FILE_GRACE_S
+        while stat.st_size == 0 and time.time() - stat.st_mtime < EMPTY_FILE_GRACE_S:
+            if time.time() > deadline:
+                break
+            time.sleep(0.01)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                return
+        if stat.st_size == 0:
+            raise StorageError(
+                f"the SQLite store {path} is empty (0 bytes): a store truncated or "
+                "emptied by another program looks like that, so schedy will not start a new "
+                "store in it. Restore the file from a backup; to make it a new, empty store, "
+                "open it with SchedyDB(url, create=True) or `schedy add`."
+            )
+
+    def _inspect_at_open(self) -> None:
+        """Look at the opened file once: a SQLite database of another program
+        (tables, none of them schedy's) is refused unless ``create``."""
+
+        def tables(transaction: Transaction) -> list[str]:
+            cursor = transaction.connection.cursor()
+            cursor.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+            return [str(row[0]) for row in cursor.fetchall()]
+
+        names = self.run(tables, write=False)
+        if names and "schedy_meta" not in names and not self.create:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            raise StorageError(
+                f"{self._path} is a SQLite database without schedy's tables (it holds "
+                f"{shown}): not a schedy store, or not the right path. Name the right store; "
+                "to add schedy's tables to this database, open it with "
+                "SchedyDB(url, create=True) or `schedy add`."
+            )
+
     def _note_identity(self, path: str) -> None:
         """Record which file the first connection opened (just opened, so it is there)."""
         try:
