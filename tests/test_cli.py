@@ -835,7 +835,10 @@ def test_run_pbt_until_done_passes_the_parents_checkpoint(
     outcome = cli("run", "--timeout", "5", "P", *train, "%h")
     assert outcome.code == 0, outcome.err
     jobs = list(db.get_experiment("P").all_jobs())
-    assert [job.status for job in jobs] == ["DONE"] * 4
+    # 4 jobs, or 3 when member 1 scored below member 0 at generation 0: member
+    # 0 has then finished, so member 1 cannot copy it and is retired (stragglers).
+    assert [job.status for job in jobs] in (["DONE"] * 4, ["DONE"] * 3)
+    assert any(job.generation == 1 for job in jobs)
     for job in jobs:
         got = seen(cli, job.id)
         env = got["env"]
