@@ -13,6 +13,7 @@ jobs, reproduced on a real file, and the loud refusal that replaces it.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 from pathlib import Path
 
@@ -221,3 +222,84 @@ def test_concurrent_first_opens_of_a_new_file_all_succeed(tmp_path: Path) -> Non
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+# -- 3. a damaged file -----------------------------------------------------------
+def _damaged_store(path: Path) -> None:
+    """A store of 300 jobs, closed (its log folded into the file), then one page
+    in the middle of the file overwritten, as a failing disk or a stray write
+    does: the first such page that holds jobs (reading them all fails)."""
+    import sqlite3
+
+    db, _experiment = _store(path, jobs=300)
+    db.close()
+    assert not Path(f"{path}-wal").exists()
+    pages = path.stat().st_size // 4096
+    garbage = random.Random(0).randbytes(4096)
+    for page in range(pages // 2, pages):
+        with open(path, "r+b") as file:
+            file.seek(page * 4096)
+            original = file.read(4096)
+            file.seek(page * 4096)
+            file.write(garbage)
+        connection = sqlite3.connect(path)
+        try:
+            connection.execute("SELECT hyperparameters FROM schedy_jobs").fetchall()
+        except sqlite3.DatabaseError:
+            return
+        finally:
+            connection.close()
+        with open(path, "r+b") as file:
+            file.seek(page * 4096)
+            file.write(original)
+    raise AssertionError("no page of jobs found to damage")
+
+
+def test_a_damaged_store_is_found_at_open_and_never_written(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    _damaged_store(path)
+    before = path.read_bytes()
+    with schedy.SchedyDB(f"sqlite:///{path}") as db:  # opens, for what can still be read
+        experiment = db.get_experiment("m")
+        assert [exp.name for exp in db.get_experiments()] == ["m"]
+        damaged = r"damaged.*PRAGMA integrity_check.*backup"
+        with pytest.raises(StorageError, match=damaged):
+            experiment.add_job({"i": 1000})
+        with pytest.raises(StorageError, match=damaged):
+            _cycle(experiment)
+    assert path.read_bytes() == before
+
+
+def test_damage_met_by_a_read_stops_every_later_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file too big to check at open: the damage is met by the first read
+    # that touches the bad page, and from then on nothing is written.
+    from schedy.storage._sql import _transactions
+
+    monkeypatch.setattr(_transactions, "QUICK_CHECK_MAX_BYTES", 0)
+    path = tmp_path / "s.db"
+    _damaged_store(path)
+    with schedy.SchedyDB(f"sqlite:///{path}") as db:
+        experiment = db.get_experiment("m")
+        damaged = r"damaged.*PRAGMA integrity_check.*backup"
+        experiment.add_job({"i": 1000})  # not known yet: the bad page is not on this path
+        with pytest.raises(StorageError, match=damaged), experiment.next_job() as job:
+            with pytest.raises(StorageError, match=damaged) as caught:
+                list(experiment.all_jobs())  # meets the bad page
+            assert "database is running" not in str(caught.value)  # no server here
+            job.results["r"] = 1  # ... and its end is not written either
+        with pytest.raises(StorageError, match=damaged):
+            experiment.add_job({"i": 1001})
+        assert [exp.name for exp in db.get_experiments()] == ["m"]  # reads still tried
+
+
+def test_a_file_whose_header_is_damaged_is_refused_even_with_create(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db, _experiment = _store(path)
+    db.close()
+    with open(path, "r+b") as file:
+        file.write(b"\x00" * 100)
+    for create in (False, True):
+        with pytest.raises(StorageError, match=r"not a SQLite database.*backup"):
+            schedy.SchedyDB(f"sqlite:///{path}", create=create)

@@ -30,11 +30,22 @@ and ``schedy server`` pass) may initialise an existing file that is empty
 or holds no schedy tables: a store truncated to 0 bytes, or a wrong path to
 another program's database, is refused rather than silently made a new,
 empty store. A path with no file at all is still created by any open.
+
+A damaged file is not written to: once any operation meets SQLite's
+"database disk image is malformed" (SQLITE_CORRUPT) or "file is not a
+database" (SQLITE_NOTADB), every later write through this store is refused,
+so the damage does not spread and no job is reported done into a file that
+cannot be read back; reads are still attempted, to salvage what can be.
+Opening a store checks the file's header, and runs ``PRAGMA quick_check``
+on files up to :data:`QUICK_CHECK_MAX_BYTES` (about 2.5 ms per MiB), so a
+new process finds the damage before its first write rather than after.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import threading
 import time
 import urllib.parse
@@ -53,10 +64,22 @@ from ._statements import DB_CLOCK, Transaction, family
 
 __all__ = ["Database"]
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
 
 #: Total time a transaction may keep retrying on lock contention.
 CONTENTION_BUDGET_S = 300.0
+
+#: Files up to this size get ``PRAGMA quick_check`` when a store opens them
+#: (about 40 ms at this size; a bigger file is checked by its header only).
+QUICK_CHECK_MAX_BYTES = 16 * 2**20
+
+#: The first 16 bytes of every SQLite database file.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: SQLite's primary result codes that mean the file itself is damaged.
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
 #: How long an open waits for a 0-byte file just created by another opener
 #: (SQLite creates it empty and writes its header an instant later).
@@ -95,6 +118,23 @@ def _file_path(database: str, uri: bool) -> str:
     return os.path.abspath(database)
 
 
+def sqlite_failure(error: BaseException | None) -> str | None:
+    """What a SQLite error says about the store's file: ``"corrupt"``, or None.
+
+    Read from the error's result code where Python gives it (3.11+), else
+    from SQLite's fixed English message.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        if code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return "corrupt"
+        return None
+    text = str(error).lower()
+    if "malformed" in text or "file is not a database" in text:
+        return "corrupt"
+    return None
+
+
 def is_contention(error: BaseException | None) -> bool:
     """Lock contention worth retrying, as opposed to a real failure."""
     sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
@@ -120,6 +160,8 @@ class Database:
         self._identity: tuple[int, int] | None = None
         #: Why every call is refused: the file went away under the open store.
         self._gone: str | None = None
+        #: Why every write is refused: the file is damaged.
+        self._damaged: str | None = None
         try:
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError as error:
@@ -295,7 +337,10 @@ class Database:
                     "`schedy add`."
                 ) from None
             return  # a new store: the first connection creates it
-        if stat.st_size > 0 or self.create:
+        if stat.st_size > 0:
+            self._check_header(path)
+            return
+        if self.create:
             return
         # Another opener may have created it an instant ago: give it time to
         # write the header before calling the file an emptied store.
@@ -316,9 +361,36 @@ class Database:
                 "open it with SchedyDB(url, create=True) or `schedy add`."
             )
 
+    def _check_header(self, path: str) -> None:
+        """Refuse a file that does not start as every SQLite database does.
+
+        Even with ``create``: SQLite cannot read it, and initialising it would
+        overwrite what may be a damaged store or another program's file.
+        """
+        try:
+            with open(path, "rb") as file:
+                header = file.read(len(_SQLITE_HEADER))
+        except OSError:
+            return  # unreadable: SQLite's own error says why, classified by _retry
+        if header != _SQLITE_HEADER:
+            raise StorageError(
+                f"{path} is not a SQLite database: it does not start with SQLite's header, "
+                "so it is a damaged store or another kind of file, and schedy will neither "
+                f"read nor write it. Check it with: sqlite3 {shlex.quote(path)} 'PRAGMA "
+                "integrity_check' -- restore the store from a backup, or name the right file."
+            )
+
     def _inspect_at_open(self) -> None:
         """Look at the opened file once: a SQLite database of another program
-        (tables, none of them schedy's) is refused unless ``create``."""
+        (tables, none of them schedy's) is refused unless ``create``, and a
+        file small enough to check quickly is checked for damage, so that its
+        writes are refused from the start (it still opens, for its reads)."""
+        path = self._path
+        assert path is not None
+        try:
+            check = os.path.getsize(path) <= QUICK_CHECK_MAX_BYTES
+        except OSError:
+            check = False
 
         def tables(transaction: Transaction) -> list[str]:
             cursor = transaction.connection.cursor()
@@ -328,15 +400,32 @@ class Database:
             )
             return [str(row[0]) for row in cursor.fetchall()]
 
+        def quick_check(transaction: Transaction) -> list[str]:
+            cursor = transaction.connection.cursor()
+            cursor.execute("PRAGMA quick_check(3)")
+            return [str(row[0]) for row in cursor.fetchall()]
+
         names = self.run(tables, write=False)
         if names and "schedy_meta" not in names and not self.create:
             shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
             raise StorageError(
-                f"{self._path} is a SQLite database without schedy's tables (it holds "
+                f"{path} is a SQLite database without schedy's tables (it holds "
                 f"{shown}): not a schedy store, or not the right path. Name the right store; "
                 "to add schedy's tables to this database, open it with "
                 "SchedyDB(url, create=True) or `schedy add`."
             )
+        if not check:
+            return
+        try:
+            problems = self.run(quick_check, write=False)
+        except StorageError:
+            if self._damaged is None:
+                raise
+        else:
+            if problems != ["ok"]:
+                self._mark_damaged("PRAGMA quick_check: " + "; ".join(problems))
+        if self._damaged is not None:
+            logger.warning("%s", self._damaged)
 
     def _note_identity(self, path: str) -> None:
         """Record which file the first connection opened (just opened, so it is there)."""
@@ -396,6 +485,20 @@ class Database:
             "read it). Every later call on this store is refused: restore the file, then "
             "reopen the store (restart the worker)."
         )
+
+    def _mark_damaged(self, detail: str) -> str:
+        """Refuse every later write, and say why (the first damage met is kept)."""
+        if self._damaged is None:
+            path = shlex.quote(self._path or self.safe_url())
+            self._damaged = (
+                f"the SQLite store {self._path} is damaged ({detail}). schedy writes nothing "
+                "more to it, so the damage cannot spread and no result is reported stored "
+                "that cannot be read back; reads are still attempted. Check it with: sqlite3 "
+                f"{path} 'PRAGMA integrity_check' -- then restore it from a backup (what is "
+                f"still readable can be salvaged with: sqlite3 {path} .recover | sqlite3 "
+                "recovered.db)."
+            )
+        return self._damaged
 
     # -- transactions ----------------------------------------------------------------
     @contextmanager
@@ -482,6 +585,8 @@ class Database:
         while True:
             if path is not None:
                 self._check_file()
+                if write and self._damaged is not None:
+                    raise StorageError(self._damaged)
             try:
                 begin = self._core_transaction if core else self._raw_transaction
                 with begin(write) as transaction:
@@ -523,6 +628,8 @@ class Database:
                         f"({original}): it was probably written by a development version of "
                         "schedy. Use a new store file, or export and re-create the experiments."
                     ) from error
+                if self.is_sqlite and sqlite_failure(original) == "corrupt":
+                    raise StorageError(self._mark_damaged(f"SQLite: {original}")) from error
                 raise StorageError(
                     f"database error on {self.safe_url()}: {original}. Check that the "
                     "database is running and the URL is right; nothing was written."
