@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import schedy
-from schedy import _processes
+from schedy import _processes, _workers
 from schedy._workers import detect_gpus
 
 pytestmark = pytest.mark.slow
@@ -219,3 +219,125 @@ def test_describe_exit() -> None:
     assert _processes.describe_exit(3) == "exited with status 3"
     assert _processes.describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
     assert _processes.describe_exit(-99) == "was killed by signal 99"
+
+
+ONE_JOB_SCRIPT = textwrap.dedent(
+    """
+    import os, schedy
+    experiment = schedy.SchedyDB().get_experiment(os.environ['SCHEDY_EXPERIMENT'])
+    with experiment.next_job() as job:   # the README's snippet: one job, then exit 0
+        job.results['acc'] = job.hyperparameters['lr']
+        job.results['threads'] = os.environ.get('OMP_NUM_THREADS')
+    """
+)
+
+
+@pytest.mark.slow
+def test_schedy_worker_runs_a_one_job_script_until_the_experiment_is_done(
+    tmp_path: Path,
+) -> None:
+    # A worker written as the one-job snippet used to leave the experiment
+    # RUNNING with 2 of 4 members and no hint why.
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    _pbt(db, generations=2)
+    script = tmp_path / "one_job.py"
+    script.write_text(ONE_JOB_SCRIPT)
+    cli = [sys.executable, "-m", "schedy", "--db", url, "worker", "pbt", "--workers", "2"]
+    done = subprocess.run(
+        [*cli, "--gpus", "none", "--", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    experiment = db.get_experiment("pbt")
+    assert experiment.status == schedy.Experiment.DONE
+    jobs = list(experiment.all_jobs())
+    assert len(jobs) >= 5 and {job.status for job in jobs} == {schedy.Job.DONE}
+    assert {job.results["threads"] for job in jobs} == {str(_workers.threads_per_worker(2))}
+
+
+def test_a_worker_that_finds_nothing_to_do_is_not_started_again(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    db.add_experiment(schedy.ManualSearch("queue"))  # empty: nothing can come
+    script = tmp_path / "one_job.py"
+    script.write_text(
+        "import os, schedy\n"
+        "experiment = schedy.SchedyDB().get_experiment(os.environ['SCHEDY_EXPERIMENT'])\n"
+        "try:\n    experiment.next_job()\nexcept schedy.errors.NoJobError:\n    pass\n"
+    )
+    code = schedy.run_workers(
+        [sys.executable, str(script)], "queue", workers=1, db=url, gpus=[], progress="quiet"
+    )
+    assert code == 0  # and it returned: no restart loop
+
+
+@pytest.mark.parametrize(("set_by_user", "expected"), [(None, "3"), ("7", "7")])
+def test_each_worker_gets_its_share_of_the_cores(
+    monkeypatch: pytest.MonkeyPatch, set_by_user: str | None, expected: str
+) -> None:
+    if set_by_user is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", set_by_user)
+    env = _workers._worker_env(0, [], None, "e", threads=3)
+    assert env["OMP_NUM_THREADS"] == expected
+    assert env["MKL_NUM_THREADS"] == os.environ.get("MKL_NUM_THREADS", "3")
+    assert _workers.threads_per_worker(10_000) == 1
+
+
+PREEMPTED_WORKER = textwrap.dedent(
+    """
+    import os, time, schedy
+    experiment = schedy.SchedyDB(lease_seconds=600).get_experiment(os.environ['SCHEDY_EXPERIMENT'])
+    with experiment.next_job() as job:
+        job.results['acc'] = 1.0
+        time.sleep(120)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigterm_to_schedy_worker_preempts_every_job_and_exits_0(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    db = schedy.SchedyDB(url)
+    _pbt(db)
+    script = tmp_path / "worker.py"
+    script.write_text(PREEMPTED_WORKER)
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "schedy",
+            "--db",
+            url,
+            "worker",
+            "pbt",
+            "--workers",
+            "2",
+            "--gpus",
+            "none",
+            "-q",
+            "--",
+            sys.executable,
+            str(script),
+        ],
+    )
+    experiment = db.get_experiment("pbt")
+    try:
+        deadline = time.monotonic() + 60
+        while len([m for m in experiment.population() if m.busy_id]) < 2:
+            assert time.monotonic() < deadline, "workers never started"
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(timeout=60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    jobs = list(experiment.all_jobs())
+    assert [job.status for job in jobs] == [schedy.Job.CRASHED] * 2
+    assert all((job.error or "").startswith("preempted") for job in jobs)
+    # The members are free at once, not after the 600 s lease.
+    assert len([m for m in experiment.population() if m.ready]) == 2
