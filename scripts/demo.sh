@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/python examples/pbt_mnist/run.py --framework lightning --workers 2 --dataset digits \
-    --population 6 --generations 8 "$@"
+    --population 6 --generations 8 --fresh "$@"
 .venv/bin/schedy --db sqlite:///./schedy.db report "MNIST with PBT" -o report.html

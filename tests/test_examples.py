@@ -113,3 +113,35 @@ def test_worker_killed_mid_epoch_is_recovered(tmp_path: Path, framework: str) ->
     retried = [j for j in jobs if j.member == crashed.member and j.generation == crashed.generation]
     assert any(j.status == schedy.Job.DONE for j in retried)  # its member went on
     assert schedy.SchedyDB(url).get_experiment("MNIST with PBT").status == schedy.Experiment.DONE
+
+
+@pytest.mark.slow
+def test_running_the_example_again_resumes_it_and_fresh_starts_over(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    command = [
+        sys.executable, str(EXAMPLE / "run.py"), "--framework", "torch", "--workers", "1",
+        "--population", "2", "--generations", "2", "--dataset", "digits", "--seed", "1", "--quiet",
+    ]  # fmt: skip
+
+    def run(*extra: str) -> str:
+        done = subprocess.run(
+            [*command, *extra],
+            cwd=tmp_path,
+            env=_environment(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    run()
+    store = f"sqlite:///{tmp_path}/schedy.db"
+    first = {job.id for job in schedy.SchedyDB(store).get_experiment("MNIST with PBT").all_jobs()}
+    again = run()
+    assert "resuming 'MNIST with PBT'" in again and "--fresh" in again
+    after = {job.id for job in schedy.SchedyDB(store).get_experiment("MNIST with PBT").all_jobs()}
+    assert after == first  # finished: nothing more to do, nothing lost
+    run("--fresh")
+    fresh = {job.id for job in schedy.SchedyDB(store).get_experiment("MNIST with PBT").all_jobs()}
+    assert fresh and not fresh & first

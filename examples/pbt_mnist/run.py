@@ -22,6 +22,7 @@ from create_experiment import NAME, create, make_experiment  # noqa: E402
 
 import schedy  # noqa: E402
 import schedy.cli  # noqa: E402
+from schedy.errors import NotFoundError  # noqa: E402
 
 WORKERS = {
     "lightning": "lightning_worker.py",
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-layers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-dir", default="checkpoints")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="delete the experiment a previous run left and start over (default: resume it)",
+    )
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--quiet", action="store_true", help="no line per finished job")
     talk.add_argument(
@@ -61,7 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     experiment = make_experiment(
         NAME, args.population, args.generations, args.seed, args.max_layers
     )
-    create(db, experiment, replace=True)
+    try:
+        existing = None if args.fresh else db.get_experiment(NAME)
+    except NotFoundError:
+        existing = None
+    if existing is None:
+        create(db, experiment, replace=args.fresh)
+    else:  # resume what an earlier (maybe interrupted) run left: its jobs and checkpoints
+        done = sum(1 for job in existing.all_jobs() if job.status == schedy.Job.DONE)
+        print(
+            f"resuming {NAME!r} on {db.url} ({existing.status}, {done} job(s) done); "
+            "--fresh starts it over"
+        )
     command = [
         sys.executable,
         os.path.join(HERE, WORKERS[args.framework]),
