@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -160,8 +163,6 @@ def test_cli_refuses_a_truncated_store_and_add_initialises_it(
 
 
 def test_sqlite_file_of_another_program_is_refused(tmp_path: Path) -> None:
-    import sqlite3
-
     path = tmp_path / "notes.db"
     connection = sqlite3.connect(path)
     connection.execute("CREATE TABLE notes (text TEXT)")
@@ -229,8 +230,6 @@ def _damaged_store(path: Path) -> None:
     """A store of 300 jobs, closed (its log folded into the file), then one page
     in the middle of the file overwritten, as a failing disk or a stray write
     does: the first such page that holds jobs (reading them all fails)."""
-    import sqlite3
-
     db, _experiment = _store(path, jobs=300)
     db.close()
     assert not Path(f"{path}-wal").exists()
@@ -303,3 +302,216 @@ def test_a_file_whose_header_is_damaged_is_refused_even_with_create(tmp_path: Pa
     for create in (False, True):
         with pytest.raises(StorageError, match=r"not a SQLite database.*backup"):
             schedy.SchedyDB(f"sqlite:///{path}", create=create)
+
+
+# -- 4. messages that say what happened --------------------------------------------
+def test_a_full_disk_is_called_so_and_passes(tmp_path: Path) -> None:
+    # SQLite's own page limit raises the very error a full disk does (SQLITE_FULL).
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    cursor = db._storage._db._raw_connection().cursor()  # type: ignore[attr-defined]
+    pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+    cursor.execute(f"PRAGMA max_page_count = {pages + 1}")
+    with pytest.raises(StorageError, match=r"disk holding .* is full.*df -h") as caught:
+        for index in range(100):
+            experiment.add_job({"i": index, "blob": "x" * 20000})
+    assert "running" not in str(caught.value)
+    experiment.add_job({"i": "after"})  # space is back (a new connection): no lasting refusal
+    db.close()
+
+
+def test_a_store_opened_read_only_says_so_on_write(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    db, _experiment = _store(path)
+    db.close()
+    with schedy.SchedyDB(f"sqlite:///file:{path}?mode=ro&uri=true") as read_only:
+        experiment = read_only.get_experiment("m")
+        assert len(list(experiment.all_jobs())) == 5  # reads work
+        with pytest.raises(StorageError, match=r"read-only.*mode=ro") as caught:
+            experiment.add_job({"i": 5})
+        assert "running" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: sqlite3.OperationalError("database or disk is full"), "full"),
+        (lambda: sqlite3.DatabaseError("database disk image is malformed"), "corrupt"),
+        (lambda: sqlite3.DatabaseError("file is not a database"), "corrupt"),
+        (lambda: sqlite3.OperationalError("attempt to write a readonly database"), "readonly"),
+        (lambda: sqlite3.OperationalError("unable to open database file"), "cantopen"),
+        (lambda: sqlite3.OperationalError("disk I/O error"), "io"),
+        (lambda: sqlite3.OperationalError("no such table: x"), None),
+    ],
+)
+def test_sqlite_errors_are_classified_by_their_message(
+    make: Callable[[], Exception], kind: str | None
+) -> None:
+    # Python 3.10 gives no result code: SQLite's fixed messages are read instead.
+    from schedy.storage._sql._transactions import sqlite_failure
+
+    assert sqlite_failure(make()) == kind
+
+
+def test_real_sqlite_errors_are_classified_by_their_result_code(tmp_path: Path) -> None:
+    from schedy.storage._sql._transactions import sqlite_failure
+
+    path = tmp_path / "x.db"
+    sqlite3.connect(path).execute("CREATE TABLE t (a)").connection.commit()
+    read_only = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        read_only.execute("INSERT INTO t VALUES (1)")
+    assert sqlite_failure(caught.value) == "readonly"
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        sqlite3.connect(tmp_path / "no" / "such.db")
+    assert sqlite_failure(caught.value) == "cantopen"
+
+
+# What needs an unprivileged user: root passes every permission check, so
+# as root these run in a forked child that became 'nobody'.
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """A folder an unprivileged child can reach (tmp_path's parents are private)."""
+    folder = Path(tempfile.mkdtemp(prefix="schedy-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    folder.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+def _unprivileged(action: Callable[[], str]) -> str:
+    """``action()``, or the error it raised as 'Type: message', run as a user
+    that file permissions apply to: this one, or 'nobody' in a child if root."""
+
+    def attempt() -> str:
+        try:
+            return action()
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+
+    if os.geteuid() != 0:
+        return attempt()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            os.close(reader)
+            os.setgid(65534)
+            os.setuid(65534)
+            outcome = attempt()
+        except BaseException as error:
+            outcome = f"SKIP: cannot become nobody ({error})"
+        os.write(writer, outcome.encode())
+        os._exit(0)
+    os.close(writer)
+    chunks = []
+    while chunk := os.read(reader, 65536):
+        chunks.append(chunk)
+    os.close(reader)
+    os.waitpid(pid, 0)
+    outcome = b"".join(chunks).decode()
+    if outcome.startswith("SKIP: "):
+        pytest.skip(outcome[len("SKIP: ") :])
+    return outcome
+
+
+def _closed_store(folder: Path) -> Path:
+    path = folder / "s.db"
+    db, _experiment = _store(path)
+    db.close()  # its -wal and -shm are gone with the last connection
+    path.chmod(0o644)
+    return path
+
+
+@needs_fork
+def test_a_read_only_folder_still_reads_and_says_why_it_cannot_write(open_folder: Path) -> None:
+    path = _closed_store(open_folder)
+    open_folder.chmod(0o555)
+
+    def read_then_write() -> str:
+        with schedy.SchedyDB(f"sqlite:///{path}") as db:
+            experiment = db.get_experiment("m")
+            count = len(list(experiment.all_jobs()))
+            try:
+                experiment.add_job({"i": 5})
+            except StorageError as error:
+                return f"read {count}; {error}"
+            return f"read {count}; wrote"
+
+    outcome = _unprivileged(read_then_write)
+    assert outcome.startswith("read 5; "), outcome
+    assert "folder" in outcome and "read-only" in outcome and "-wal" in outcome, outcome
+
+
+@needs_fork
+def test_a_read_only_folder_is_named_by_the_real_error(open_folder: Path) -> None:
+    # The bare SQLite error a WAL store gives even to a reader in such a folder.
+    from schedy.storage._sql._transactions import sqlite_failure
+
+    path = _closed_store(open_folder)
+    open_folder.chmod(0o555)
+
+    def read() -> str:
+        try:
+            sqlite3.connect(path).execute("SELECT * FROM schedy_jobs").fetchall()
+        except sqlite3.Error as error:
+            return str(sqlite_failure(error))
+        return "read"
+
+    assert _unprivileged(read) in ("readonly-folder", "readonly")
+
+
+@needs_fork
+def test_a_read_only_file_says_so_on_write(open_folder: Path) -> None:
+    path = _closed_store(open_folder)
+    open_folder.chmod(0o777)  # the folder is writable, the file is not
+
+    def write() -> str:
+        with schedy.SchedyDB(f"sqlite:///{path}") as db:
+            db.get_experiment("m").add_job({"i": 5})
+        return "wrote"
+
+    outcome = _unprivileged(write)
+    assert "StorageError" in outcome and "read-only for this user" in outcome, outcome
+    assert "running" not in outcome, outcome
+
+
+@needs_fork
+def test_an_unreadable_store_is_permission_denied(open_folder: Path) -> None:
+    path = _closed_store(open_folder)
+    path.chmod(0o600)
+
+    def read() -> str:
+        with schedy.SchedyDB(f"sqlite:///{path}") as db:
+            return str(len(db.get_experiments()))
+
+    outcome = _unprivileged(read)
+    assert "StorageError" in outcome and "permission denied" in outcome, outcome
+    assert "running" not in outcome, outcome
+
+
+@needs_fork
+def test_a_folder_that_cannot_be_entered_is_permission_denied(open_folder: Path) -> None:
+    private = open_folder / "private"
+    private.mkdir(mode=0o700)
+
+    def open_it() -> str:
+        schedy.SchedyDB(f"sqlite:///{private}/s.db").close()
+        return "opened"
+
+    outcome = _unprivileged(open_it)
+    assert "StorageError" in outcome and "permission denied" in outcome, outcome
+
+
+def test_other_sqlite_errors_do_not_ask_whether_a_server_runs() -> None:
+    # "Is it running?" is the right question for PostgreSQL, never for a file.
+    from schedy.storage._sql._transactions import Database
+
+    database = Database("sqlite://", False, {})
+    with pytest.raises(StorageError) as caught:
+        database.run(lambda transaction: transaction.connection.cursor().execute("SELEC 1"))
+    assert "SQLite error" in str(caught.value) and "running" not in str(caught.value)
+    database.close()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -78,8 +79,29 @@ QUICK_CHECK_MAX_BYTES = 16 * 2**20
 #: The first 16 bytes of every SQLite database file.
 _SQLITE_HEADER = b"SQLite format 3\x00"
 
-#: SQLite's primary result codes that mean the file itself is damaged.
-_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+#: SQLite's primary result codes -> what they say about the store's file.
+_SQLITE_KINDS = {
+    3: "permission",  # SQLITE_PERM
+    8: "readonly",  # SQLITE_READONLY
+    10: "io",  # SQLITE_IOERR
+    11: "corrupt",  # SQLITE_CORRUPT
+    13: "full",  # SQLITE_FULL
+    14: "cantopen",  # SQLITE_CANTOPEN
+    23: "permission",  # SQLITE_AUTH
+    26: "corrupt",  # SQLITE_NOTADB
+}
+#: Extended codes that say more than their primary one.
+_SQLITE_READONLY_DBMOVED, _SQLITE_READONLY_DIRECTORY = 1032, 1544
+#: Without result codes (Python 3.10): SQLite's fixed messages.
+_SQLITE_MESSAGES = (
+    ("malformed", "corrupt"),
+    ("file is not a database", "corrupt"),
+    ("database or disk is full", "full"),
+    ("attempt to write a readonly database", "readonly"),
+    ("unable to open database file", "cantopen"),
+    ("disk i/o error", "io"),
+    ("access permission denied", "permission"),
+)
 
 #: How long an open waits for a 0-byte file just created by another opener
 #: (SQLite creates it empty and writes its header an instant later).
@@ -119,20 +141,49 @@ def _file_path(database: str, uri: bool) -> str:
 
 
 def sqlite_failure(error: BaseException | None) -> str | None:
-    """What a SQLite error says about the store's file: ``"corrupt"``, or None.
+    """What a SQLite error says about the store's file, or None for anything else.
 
+    ``"corrupt"`` (SQLITE_CORRUPT, SQLITE_NOTADB), ``"full"`` (SQLITE_FULL),
+    ``"readonly-folder"`` (a WAL store whose folder cannot hold its -wal and
+    -shm files), ``"readonly"``, ``"moved"`` (SQLITE_READONLY_DBMOVED: the
+    file was renamed or deleted), ``"cantopen"``, ``"permission"`` or ``"io"``.
     Read from the error's result code where Python gives it (3.11+), else
     from SQLite's fixed English message.
     """
     code = getattr(error, "sqlite_errorcode", None)
     if isinstance(code, int):
-        if code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
-            return "corrupt"
-        return None
+        if code == _SQLITE_READONLY_DIRECTORY:
+            return "readonly-folder"
+        if code == _SQLITE_READONLY_DBMOVED:
+            return "moved"
+        return _SQLITE_KINDS.get(code & 0xFF)
     text = str(error).lower()
-    if "malformed" in text or "file is not a database" in text:
-        return "corrupt"
+    for words, kind in _SQLITE_MESSAGES:
+        if words in text:
+            return kind
     return None
+
+
+def _user() -> str:
+    """This process's user, for messages about permissions."""
+    if not hasattr(os, "geteuid"):
+        return "this user"
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(os.geteuid()).pw_name}, uid {os.geteuid()}"
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
+
+
+def _permissions(path: str) -> str:
+    """``path``'s owner and mode, or its folder's when it does not exist."""
+    target = path if os.path.exists(path) else os.path.dirname(path)
+    try:
+        stat = os.stat(target)
+    except OSError as error:
+        return f"{target}: {error.strerror}"
+    return f"{target}: owner uid {stat.st_uid}, mode {stat.st_mode & 0o777:o}"
 
 
 def is_contention(error: BaseException | None) -> bool:
@@ -160,8 +211,12 @@ class Database:
         self._identity: tuple[int, int] | None = None
         #: Why every call is refused: the file went away under the open store.
         self._gone: str | None = None
-        #: Why every write is refused: the file is damaged.
+        #: What damage the file was found with (the first met).
         self._damaged: str | None = None
+        #: Why every write is refused: the file is damaged, or opened read-only.
+        self._write_refusal: str | None = None
+        #: Why the store was opened read-only: its URL says so, or its folder is.
+        self._read_only: str | None = None
         try:
             parsed = sa.engine.make_url(url)
         except sa.exc.ArgumentError as error:
@@ -249,8 +304,21 @@ class Database:
         }
         if in_memory:
             engine_kwargs["poolclass"] = sa.pool.StaticPool
+        elif parsed.query.get("mode") == "ro" or parsed.query.get("immutable") in ("1", "true"):
+            self._read_only = "url"
+        elif self._folder_is_read_only(parsed):
+            # SQLite in WAL mode cannot even read a store whose folder cannot
+            # hold its -wal and -shm files: open it as an unchanging file.
+            self._read_only = "folder"
+            target = f"file:{urllib.parse.quote(self._path or '')}?mode=ro&immutable=1"
+            engine_kwargs["creator"] = lambda: sqlite3.connect(
+                target, uri=True, check_same_thread=False, timeout=60
+            )
+        if self._read_only is not None:
+            self._write_refusal = self._read_only_message()
         engine_kwargs.update(options)
         engine = sa.create_engine(parsed, echo=echo, **engine_kwargs)
+        read_only = self._read_only is not None
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -259,7 +327,7 @@ class Database:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA busy_timeout = 60000")
-            if not in_memory:
+            if not in_memory and not read_only:
                 cursor.execute("PRAGMA journal_mode = WAL")
                 # WAL + NORMAL: durable across process crashes, no fsync per commit.
                 cursor.execute("PRAGMA synchronous = NORMAL")
@@ -318,6 +386,109 @@ class Database:
         self.engine.dispose()
 
     # -- the file under a SQLite store -------------------------------------------------
+    def _folder_is_read_only(self, parsed: sa.URL) -> bool:
+        """Whether the store's file exists in a folder this process cannot write,
+        with no -wal file beside it (no process has it open for writing, so
+        reading it as an unchanging file sees every commit)."""
+        path = self._path
+        if path is None or parsed.get_driver_name() != "pysqlite":
+            return False
+        return (
+            os.path.isfile(path)
+            and not os.access(os.path.dirname(path), os.W_OK)
+            and not os.path.exists(path + "-wal")
+        )
+
+    def _read_only_message(self) -> str:
+        if self._read_only == "folder":
+            return (
+                f"the SQLite store {self._path} was opened read-only, because its folder "
+                f"{os.path.dirname(self._path or '')} is read-only for this user ({_user()}): "
+                "SQLite in WAL mode keeps -wal and -shm files beside the store to write it. "
+                "Make the folder writable (or mount it read-write) to write to the store; "
+                "nothing was written."
+            )
+        return (
+            f"the SQLite store {self._path} was opened read-only (mode=ro or immutable in its "
+            "URL): it can be read, not written; nothing was written."
+        )
+
+    def _sqlite_message(self, original: BaseException | None) -> str:
+        """What a SQLite failure means for this store, and what to do about it.
+
+        SQLite's own words ("unable to open database file") do not say which
+        file, nor why; the folder and file are looked at to say it.
+        """
+        kind = sqlite_failure(original)
+        path = self._path or self.safe_url()
+        folder = os.path.dirname(path)
+        if kind == "corrupt":
+            return self._mark_damaged(f"SQLite: {original}")
+        if kind == "moved":
+            self._gone = self._gone_message(replaced=False)
+            return self._gone
+        if kind == "full":
+            return (
+                f"the disk holding the SQLite store {path} is full (SQLite: {original}): free "
+                f"space on it (df -h {shlex.quote(folder)}) and try again; nothing was written."
+            )
+        if kind == "readonly-folder" or (
+            kind == "readonly" and self._read_only is None and not os.access(folder, os.W_OK)
+        ):
+            return (
+                f"the folder {folder} of the SQLite store is read-only for this user "
+                f"({_user()}): SQLite in WAL mode creates {os.path.basename(path)}-wal and "
+                f"-shm files beside the store, even to read it. Make the folder writable (or "
+                "mount it read-write), or copy the store into a writable folder; nothing was "
+                "written."
+            )
+        if kind == "readonly":
+            if self._read_only is not None:
+                return self._read_only_message()
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                return (
+                    f"the SQLite store {path} is read-only for this user ({_user()}; "
+                    f"{_permissions(path)}): make it writable for this user (chmod, chown) "
+                    "for schedy to write to it; nothing was written."
+                )
+            return (
+                f"SQLite refused to write to {path} ({original}): the file, its -wal or "
+                "-shm file beside it, or the filesystem is read-only; nothing was written."
+            )
+        if kind in ("cantopen", "permission"):
+            if not os.path.isdir(folder):
+                return (
+                    f"cannot open the SQLite store {path}: its folder {folder} does not exist "
+                    "(any more); nothing was written."
+                )
+            if not os.access(folder, os.X_OK) or (
+                os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK)
+            ):
+                return (
+                    f"permission denied: this user ({_user()}) may not read and write the "
+                    f"SQLite store {path} ({_permissions(path)}). Give it access (chmod, chown), "
+                    "or run as the store's owner; nothing was written."
+                )
+            if not os.path.exists(path) and not os.access(folder, os.W_OK):
+                return (
+                    f"cannot create the SQLite store {path}: its folder is read-only for this "
+                    f"user ({_user()}); pick a writable folder. Nothing was written."
+                )
+            return (
+                f"SQLite cannot open {path} or the -wal and -shm files beside it ({original}): "
+                "check that the folder is writable, on a local filesystem (WAL needs shared "
+                "memory, which some network filesystems lack), and that the process has file "
+                "descriptors left. Nothing was written."
+            )
+        if kind == "io":
+            return (
+                f"an I/O error on the SQLite store {path} ({original}): the disk may be failing "
+                "or full, a network filesystem may have gone away, or the file was changed "
+                "under schedy. Nothing was written; check the disk, and the store with: sqlite3 "
+                f"{shlex.quote(path)} 'PRAGMA integrity_check'."
+            )
+        return f"SQLite error on {path}: {original}; nothing was written."
+
     def _check_before_open(self, path: str) -> None:
         """Refuse, before SQLite touches it, a file that only ``create`` may initialise.
 
@@ -337,6 +508,12 @@ class Database:
                     "`schedy add`."
                 ) from None
             return  # a new store: the first connection creates it
+        except PermissionError:
+            raise StorageError(
+                f"permission denied: this user ({_user()}) may not reach the SQLite store "
+                f"{path} ({_permissions(path)}). Give it access to the folder (chmod, chown), "
+                "or run as the store's owner; nothing was written."
+            ) from None
         if stat.st_size > 0:
             self._check_header(path)
             return
@@ -498,6 +675,7 @@ class Database:
                 f"still readable can be salvaged with: sqlite3 {path} .recover | sqlite3 "
                 "recovered.db)."
             )
+            self._write_refusal = self._damaged
         return self._damaged
 
     # -- transactions ----------------------------------------------------------------
@@ -585,8 +763,8 @@ class Database:
         while True:
             if path is not None:
                 self._check_file()
-                if write and self._damaged is not None:
-                    raise StorageError(self._damaged)
+                if write and self._write_refusal is not None:
+                    raise StorageError(self._write_refusal)
             try:
                 begin = self._core_transaction if core else self._raw_transaction
                 with begin(write) as transaction:
@@ -628,8 +806,8 @@ class Database:
                         f"({original}): it was probably written by a development version of "
                         "schedy. Use a new store file, or export and re-create the experiments."
                     ) from error
-                if self.is_sqlite and sqlite_failure(original) == "corrupt":
-                    raise StorageError(self._mark_damaged(f"SQLite: {original}")) from error
+                if self.is_sqlite:
+                    raise StorageError(self._sqlite_message(original)) from error
                 raise StorageError(
                     f"database error on {self.safe_url()}: {original}. Check that the "
                     "database is running and the URL is right; nothing was written."
