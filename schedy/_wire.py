@@ -43,7 +43,7 @@ import math
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from . import _values
 from ._records import (
@@ -457,6 +457,20 @@ _NEW_JOB_STATUSES = _Choice(
 _EXPERIMENT_STATUSES = _Choice(tuple(status.value for status in ExperimentStatus))
 
 
+class _Strict:
+    """``Annotated`` metadata making pydantic take a field's type as it is: a
+    number field then refuses ``true`` and ``"5"`` instead of reading 1.0 and
+    5.0 (the JSON Schema says number). Duck-typed: nothing here imports pydantic."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        return {**handler(source), "strict": True}
+
+
+_STRICT = _Strict()
+#: A number of seconds as a body carries it: a JSON number, never a bool or a string.
+Seconds = Annotated[float, _STRICT]
+
+
 def _rule(rule: _Rule) -> dict[str, _Rule]:
     """The metadata of a dataclass field checked (and documented) by ``rule``."""
     return {"rule": rule}
@@ -588,7 +602,7 @@ class ClaimRequest(_Checked):
     """``POST /claim``: how long the claimed job's lease lasts, in seconds, and
     the claim's request id (a retried claim with the same id gets the same job)."""
 
-    lease_seconds: float = field(metadata=_rule(_LEASE))
+    lease_seconds: Seconds = field(metadata=_rule(_LEASE))
     request_id: str | None = field(default=None, metadata=_rule(_REQUEST_ID))
 
 
@@ -597,7 +611,7 @@ class LeaseRenewal(_Checked):
     """``POST /lease``: the lease to extend and by how long, in seconds."""
 
     lease_token: str = field(metadata=_rule(_LEASE_TOKEN))
-    lease_seconds: float = field(metadata=_rule(_LEASE))
+    lease_seconds: Seconds = field(metadata=_rule(_LEASE))
 
 
 RequestBody = NewExperiment | ExperimentChange | NewJob | JobChange | ClaimRequest | LeaseRenewal

@@ -328,6 +328,54 @@ def test_integer_parameters_are_bounded(
     assert within.status_code == 200, within.text
 
 
+def test_what_the_fuzzer_found_is_a_4xx(backend_url: str) -> None:
+    # A NUL in a job id PostgreSQL could not compare (503), a bool read as a
+    # number of seconds (accepted): found by tests/test_server_fuzz.py.
+    answer = requests.get(
+        f"{backend_url}{API}/jobs",
+        params={"experiment": "m", "after": "a\x00b"},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert answer.status_code == 404, answer.text
+    for body in ({"lease_seconds": True}, {"lease_seconds": "60"}, {"lease_seconds": 1e400}):
+        answer = requests.post(
+            f"{backend_url}{API}/claim",
+            params={"experiment": "m"},
+            data=json.dumps(body),
+            headers=AUTH,
+            timeout=10,
+        )
+        assert answer.status_code == 400, (body, answer.text)
+        assert "lease_seconds" in answer.json()["error"]["message"]
+
+
+def test_the_body_rules_hold_on_the_client_too() -> None:
+    from schedy import _wire
+
+    with pytest.raises(ValueError, match="lease_seconds must be a finite number > 0"):
+        _wire.ClaimRequest(lease_seconds=0)
+    with pytest.raises(
+        ValueError, match="a claim's request id must have at least 1 and at most 64"
+    ):
+        _wire.ClaimRequest(lease_seconds=1, request_id="x" * 65)
+    with pytest.raises(ValueError, match="a lease token may not contain a NUL"):
+        _wire.LeaseRenewal(lease_token="a\x00", lease_seconds=1)
+    with pytest.raises(ValueError, match="cannot be added RUNNING"):
+        _wire.NewJob.of("RUNNING", {}, {})
+    with pytest.raises(ValueError, match="an experiment name may not be blank"):
+        _wire.NewExperiment(name=" \x1c", kind="manual", status="RUNNING", config={})
+    document = create_app("sqlite://", TOKEN).openapi()["components"]["schemas"]
+    lease = document["ClaimRequest"]["properties"]["lease_seconds"]
+    assert lease["exclusiveMinimum"] == 0 and lease["maximum"] == 7 * 24 * 3600
+    assert document["NewJob"]["properties"]["status"]["enum"] == [
+        "QUEUED",
+        "CRASHED",
+        "PRUNED",
+        "DONE",
+    ]
+
+
 # -- 4. a 500 leaves the connection usable -----------------------------------------------
 def test_after_a_500_the_kept_alive_connection_still_works(tmp_path: Path) -> None:
     storage = _Broken(f"sqlite:///{tmp_path}/s.db")

@@ -39,7 +39,14 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from None
 
 from .. import __version__, _wire
-from .._records import Claim, ExperimentRecord, JobRecord, MemberRecord, TokenRole
+from .._records import (
+    Claim,
+    ExperimentRecord,
+    JobRecord,
+    MemberRecord,
+    TokenRole,
+    is_valid_name,
+)
 from ..db import SchedyDB
 from ..errors import NotFoundError, SchedyError
 from ..storage._base import Storage
@@ -264,6 +271,11 @@ def create_app(
         ),
     ) -> Any:
         """One page of jobs in creation order, starting after job ``after``."""
+        if after is not None and not is_valid_name(after):
+            # No job has such an id (PostgreSQL could not even compare a NUL):
+            # not found, as the storage says of any unknown one.
+            storage.get_experiment(experiment)
+            raise NotFoundError(f"experiment {experiment!r} has no job {after!r}")
         found = storage.list_jobs(experiment, after=after, limit=limit)
         return JSONText([_wire.encode_job(record) for record in found])
 

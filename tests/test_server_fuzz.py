@@ -1,0 +1,215 @@
+"""Schemathesis against ``schedy server``: the OpenAPI document is the contract.
+
+Schemathesis reads the server's own OpenAPI document and generates requests
+from it -- valid ones, and ones that break a rule on purpose -- then runs
+every check it has on each answer: no 5xx, the status documented, the body
+matching the documented model, invalid data rejected and valid data
+accepted, the bearer scheme enforced. A server over SQLite and one over
+PostgreSQL (skipped, saying why, when none answers) each holding a PBT
+experiment, a manual one and a few jobs, so that generated names sometimes
+hit something (the documented examples name them). Examples are bounded and
+derandomized, so a run takes seconds and fails the same way twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs: pip install 'schedy[server]'")
+pytest.importorskip(
+    "schemathesis", reason="the API fuzz test needs schemathesis: pip install -e '.[dev]'"
+)
+
+import schemathesis
+from conftest import _postgres_database, _reset_database
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.config import SchemathesisConfig
+from test_server_hardening import serving
+
+import schedy
+from schedy.server import create_app
+from schedy.storage._sql import SQLStorage
+
+TOKEN = "fuzz-token-0123456789"
+#: Examples per operation and generation mode (~19 operations, two modes, two
+#: backends: ~12 s here); $SCHEDY_FUZZ_EXAMPLES=300 for a deeper run by hand
+#: (16,806 requests, 0 failures, ~4 min).
+EXAMPLES = int(os.environ.get("SCHEDY_FUZZ_EXAMPLES", "15"))
+#: Requests a JSON Schema cannot fully judge: an experiment's configuration
+#: and a job's hyperparameters are checked by the experiment's scheduler (a
+#: PBT job's hyperparameters must fit its distributions), and a job's status
+#: change by the job's state (a finished PBT job stays finished), so a request
+#: valid by the schema may still be refused -- with a 400 saying why, never a 5xx.
+JUDGED_BY_THE_SCHEDULER = [
+    ("POST", "/api/v1/experiments"),
+    ("PUT", "/api/v1/experiment"),
+    ("POST", "/api/v1/jobs"),
+    ("PATCH", "/api/v1/job"),
+]
+ACCEPTED = ["2xx", "400", "401", "403", "404", "409"]
+#: The experiments aimed at (besides generated names, which mostly name nothing: a 404).
+NAMES = ("pbt", "manual")
+
+
+@dataclass
+class Fuzzed:
+    """A server being fuzzed: schemathesis's reading of its document, its database."""
+
+    schema: Any
+    database: str
+    url: str
+
+
+def _pbt(name: str) -> schedy.PopulationBasedTraining:
+    return schedy.PopulationBasedTraining(
+        name,
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.LogUniform(1e-4, 1e-1)},
+        population_size=2,
+        seed=0,
+    )
+
+
+def _targets(database: str) -> dict[str, list[str]]:
+    """Make sure the experiments the fuzzer aims at exist, each with jobs (a test
+    before may have deleted them); their job ids by experiment."""
+    with schedy.SchedyDB(database) as db:
+        names = {experiment.name for experiment in db.get_experiments()}
+        if "pbt" not in names:
+            pbt = _pbt("pbt")
+            db.add_experiment(pbt)
+            with pbt.next_job() as job:
+                job.results["acc"] = 0.5
+        if "manual" not in names:
+            db.add_experiment(schedy.ManualSearch("manual"))
+        found = {}
+        for name in NAMES:
+            experiment = db.get_experiment(name)
+            if not any(True for _ in experiment.all_jobs()):
+                experiment.add_job({"lr": 0.01})
+            found[name] = [job.id for job in experiment.all_jobs()]
+        return found
+
+
+load_all_checks()
+#: Every check schemathesis has (not only the default set).
+ALL_CHECKS = list(CHECKS.get_all())
+#: The statuses each server answered, printed when its module's run ends.
+TALLY: dict[str, Counter[int]] = {}
+
+#: Every operation of the document, read once at collection (the document is
+#: static: it does not depend on the store), with each generation mode.
+#: Negative cases break a parameter's or the body's rule: only where there is one.
+DOCUMENT = create_app("sqlite://", TOKEN).openapi()
+CASES = [
+    (method.upper(), path, mode)
+    for path, item in DOCUMENT["paths"].items()
+    for method, operation in item.items()
+    for mode in GenerationMode
+    if mode is GenerationMode.POSITIVE or "parameters" in operation or "requestBody" in operation
+]
+#: The operations that take a body.
+BODIES = {
+    (method.upper(), path)
+    for path, item in DOCUMENT["paths"].items()
+    for method, operation in item.items()
+    if "requestBody" in operation
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"], scope="module")
+def api(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fuzzed]:
+    """A seeded server of each backend, and schemathesis's reading of its document."""
+    if request.param == "sqlite":
+        database = f"sqlite:///{tmp_path_factory.mktemp('fuzz')}/fuzz.db"
+    else:  # conftest's scratch database (or a skip saying why), for the whole module
+        database = _postgres_database()
+        _reset_database(database)
+    storage = SQLStorage(database)
+    app = create_app(storage, TOKEN)
+    try:
+        with serving(app) as url:
+            config = SchemathesisConfig.from_dict(
+                {
+                    "base-url": url,
+                    "headers": {"Authorization": f"Bearer {TOKEN}"},
+                    "generation": {"max-examples": EXAMPLES},
+                    "operations": [
+                        {
+                            "include-method": method,
+                            "include-path": path,
+                            "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED}},
+                        }
+                        for method, path in JUDGED_BY_THE_SCHEDULER
+                    ],
+                }
+            )
+            yield Fuzzed(
+                schemathesis.openapi.from_dict(app.openapi(), config=config), database, url
+            )
+            answered = TALLY.get(database, Counter())
+            print(
+                f"\nschemathesis over {request.param}: {sum(answered.values())} requests, "
+                f"statuses {dict(sorted(answered.items()))}"
+            )
+    finally:
+        storage.close()
+
+
+def _strategy(fuzzed: Fuzzed, method: str, path: str, mode: GenerationMode) -> Any:
+    """Generated requests, half of them aimed at a seeded experiment (and job):
+    names drawn from the schema alone would almost only meet 404s."""
+    operation = fuzzed.schema[path][method]
+    generated = operation.as_strategy(generation_mode=mode)
+    names = {parameter.name for parameter in operation.query}
+    if "name" not in names and "experiment" not in names:
+        return generated
+    if mode is GenerationMode.NEGATIVE and (method, path) not in BODIES:
+        return generated  # the name fixed, nothing would be left to break
+    aimed = []
+    for experiment, jobs in _targets(fuzzed.database).items():
+        query: dict[str, Any] = (
+            {"name": experiment} if "name" in names else {"experiment": experiment}
+        )
+        if "id" in names:
+            query["id"] = jobs[0]
+        aimed.append(operation.as_strategy(generation_mode=mode, query=query))
+    return st.one_of(generated, *aimed)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "mode"), CASES, ids=[f"{m} {p} {mode.value}" for m, p, mode in CASES]
+)
+def test_every_answer_is_documented_and_no_request_gets_a_5xx(
+    api: Fuzzed, method: str, path: str, mode: GenerationMode
+) -> None:
+    seen: list[int] = []
+
+    @given(case=_strategy(api, method, path, mode))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: Any) -> None:
+        seen.append(case.call_and_validate(checks=ALL_CHECKS).status_code)
+
+    check()
+    assert seen and all(status < 500 for status in seen)
+    TALLY.setdefault(api.database, Counter()).update(seen)
