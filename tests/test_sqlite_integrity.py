@@ -17,6 +17,7 @@ import random
 import shutil
 import sqlite3
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,16 +50,53 @@ def test_deleted_store_file_fails_loudly_and_keeps_refusing(tmp_path: Path) -> N
     db, experiment = _store(path)
     _cycle(experiment)
     os.remove(path)
-    with pytest.raises(StorageError, match=r"no longer at .*deleted.*nothing more was written"):
+    with pytest.raises(StorageError, match=r"no longer at .*deleted.*nothing more is written"):
         _cycle(experiment)
     # Every later call is refused too, reads included, and no new empty file
     # is left at the path by a reconnecting thread.
-    with pytest.raises(StorageError, match="no longer at"):
+    with pytest.raises(StorageError, match=r"no longer at.*wrote nothing"):
         list(experiment.all_jobs())
-    with pytest.raises(StorageError, match="no longer at"):
+    with pytest.raises(StorageError, match=r"no longer at.*wrote nothing"):
         experiment.add_job({"i": 99})
+    refusals: list[BaseException] = []
+
+    def from_another_thread() -> None:
+        try:
+            experiment.add_job({"i": 100})
+        except StorageError as error:
+            refusals.append(error)
+
+    thread = threading.Thread(target=from_another_thread)
+    thread.start()
+    thread.join()
+    assert len(refusals) == 1
     assert not path.exists()
     db.close()
+
+
+def test_a_thread_connecting_after_the_deletion_creates_no_file(tmp_path: Path) -> None:
+    # A new thread opens its own connection, which would create a new, empty
+    # file at the vacated path: its first write is refused before that.
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    os.remove(path)
+    outcome: list[BaseException] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(_raised(lambda: experiment.add_job({"i": 9})))
+    )
+    thread.start()
+    thread.join()
+    assert isinstance(outcome[0], StorageError) and "wrote nothing" in str(outcome[0])
+    assert not path.exists()
+    db.close()
+
+
+def _raised(action: Callable[[], object]) -> BaseException:
+    try:
+        action()
+    except BaseException as error:
+        return error
+    raise AssertionError("no error")
 
 
 def test_file_deleted_while_a_job_runs_fails_the_job_end(tmp_path: Path) -> None:
@@ -206,8 +244,6 @@ def test_a_missing_file_with_its_write_ahead_log_left_is_refused(tmp_path: Path)
 def test_concurrent_first_opens_of_a_new_file_all_succeed(tmp_path: Path) -> None:
     # A worker that just created the file leaves it 0 bytes for an instant;
     # a second opener must wait for it, not call it an emptied store.
-    import threading
-
     path = tmp_path / "new.db"
     errors: list[BaseException] = []
 

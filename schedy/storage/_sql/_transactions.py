@@ -19,11 +19,12 @@ A SQLite store is a file that other programs can delete, replace or
 truncate under an open store, and SQLite itself does not notice: it keeps
 writing into the deleted inode, and every job reads back DONE while nothing
 reaches the file at the path. So the file's identity (device, inode) is
-recorded when the store first connects and compared with the path's before
-every transaction and after every write's commit (one ``os.stat``, about
-1 us, on a cycle of about 300 us); once it differs every call is refused,
-reads included, and no connection is opened that would create a new empty
-file at the path.
+recorded when the store first connects and compared with the path's once
+per transaction: after a write's commit (a change that went into a deleted
+file is reported lost, not done), before a read, and before a write that
+opens a new connection (one ``os.stat``, 1-3 us, on a claim cycle of about
+300 us). Once it differs every call is refused, reads included, and no
+connection is opened that would create a new, empty file at the path.
 
 Only an explicit create (``SchedyDB(url, create=True)``, which ``schedy add``
 and ``schedy server`` pass) may initialise an existing file that is empty
@@ -616,10 +617,10 @@ class Database:
     def _check_file(self, committed: bool = False) -> None:
         """Refuse to go on when the file at the path is not the one this store opened.
 
-        Called before every transaction (so nothing is written into a deleted
-        file, and no reconnecting thread creates a new empty one at the path)
-        and after every write's commit (so a change that went into a file
-        deleted meanwhile is reported lost, not done). One ``os.stat``.
+        One ``os.stat``, once per transaction: after a write's commit (so a
+        change that went into a file deleted meanwhile is reported lost, not
+        done), and before a read or before a write that opens a connection
+        (so no reconnecting thread creates a new, empty file at the path).
         """
         if self._gone is None:
             identity = self._identity
@@ -641,26 +642,27 @@ class Database:
                 self._gone = self._gone_message(replaced=True)
         if committed:
             raise StorageError(
-                "the last change was committed into a file that is no longer the store, and "
-                f"is lost: {self._gone}"
+                "this change was committed into a file that is no longer the store, so it is "
+                f"lost: {self._gone}"
             )
-        raise StorageError(self._gone)
+        raise StorageError(f"{self._gone} This call wrote nothing.")
 
     def _gone_message(self, replaced: bool) -> str:
+        """Why every call is refused from now on (SQLite itself would carry on)."""
         path = self._path
         if replaced:
             return (
                 f"the SQLite store {path} was replaced by another file while this store was "
-                "open (a copy, a restore, or another store moved over it), so nothing more was "
-                "written to either. Every later call on this store is refused: reopen the store "
-                "(restart the worker) to use the file now at that path."
+                "open (a copy, a restore, or another store moved over it). Every call on this "
+                "store is now refused, so nothing more is written to either file: reopen the "
+                "store (restart the worker) to use the file now at that path."
             )
         return (
             f"the SQLite store is no longer at {path}: the file or its folder was deleted, "
-            "moved or renamed while this store was open, so nothing more was written "
-            "(SQLite would have gone on writing into the deleted file, where no one can "
-            "read it). Every later call on this store is refused: restore the file, then "
-            "reopen the store (restart the worker)."
+            "moved or renamed while this store was open. SQLite would go on writing into the "
+            "deleted file, where no one can read it, so every call on this store is now "
+            "refused and nothing more is written: restore the file, then reopen the store "
+            "(restart the worker)."
         )
 
     def _mark_damaged(self, detail: str) -> str:
@@ -762,9 +764,14 @@ class Database:
         path = self._path
         while True:
             if path is not None:
-                self._check_file()
-                if write and self._write_refusal is not None:
+                if self._gone is not None:
+                    raise StorageError(f"{self._gone} This call wrote nothing.")
+                if not write:
+                    self._check_file()
+                elif self._write_refusal is not None:
                     raise StorageError(self._write_refusal)
+                elif core or getattr(self._local, "connection", None) is None:
+                    self._check_file()  # a new connection would create a vacated path
             try:
                 begin = self._core_transaction if core else self._raw_transaction
                 with begin(write) as transaction:
