@@ -253,6 +253,20 @@ def test_a_bug_is_logged_in_full_and_answered_in_general_terms(
     assert "secret detail" in logged and "GET /api/v1/experiment" in logged
 
 
+def test_no_answer_says_where_the_database_is(url: str, storage: SQLStorage) -> None:
+    # A storage error names the store for whoever opened it; over the server
+    # its path (or a database server's host and user) is "the server's database".
+    with (
+        schedy.SchedyDB(url, token=TOKEN) as db,
+        pytest.raises(schedy.errors.ResourceExistsError) as caught,
+    ):
+        db.add_experiment(schedy.ManualSearch("m"))
+    message = str(caught.value)
+    assert "the server's database" in message, message
+    path = storage.url.split("///", 1)[1]
+    assert path not in message and "sqlite:" not in message
+
+
 @pytest.mark.parametrize(
     ("method", "path", "status"),
     [

@@ -47,7 +47,7 @@ from .._records import (
     TokenRole,
     is_valid_name,
 )
-from ..db import SchedyDB
+from ..db import SchedyDB, _sqlite_file
 from ..errors import NotFoundError, SchedyError
 from ..storage._base import Storage
 from ..storage._http import HTTPStorage
@@ -70,11 +70,36 @@ class JSONText(JSONResponse):
 
 
 def _error(
-    error: BaseException, status: int | None = None, headers: dict[str, str] | None = None
+    error: BaseException,
+    status: int | None = None,
+    headers: dict[str, str] | None = None,
+    scrub: Callable[[str], str] = str,
 ) -> JSONText:
     """``error`` as the wire's error table says: its public name and status."""
-    code, body = _wire.encode_error(error, status)
+    code, body = _wire.encode_error(error, status, scrub(str(error)))
     return JSONText(body, status_code=code, headers=headers)
+
+
+def _scrubber(storage: Storage) -> Callable[[str], str]:
+    """What takes the store's whereabouts out of a message: its URL (with or
+    without a password) and its SQLite file become "the server's database". A
+    storage error says where the store is for the person who opened it; a
+    client of the server has no business knowing the path or the host."""
+    names = {storage.url}
+    safe = getattr(storage, "_safe_url", None)
+    if callable(safe):
+        names.add(str(safe()))
+    path = _sqlite_file(storage.url)
+    if path:
+        names.update({path, os.path.abspath(path), os.path.realpath(path)})
+    ordered = sorted((name for name in names if len(name) > 1), key=len, reverse=True)
+
+    def scrub(text: str) -> str:
+        for name in ordered:
+            text = text.replace(name, "the server's database")
+        return text
+
+    return scrub
 
 
 def _sql_storage(store: Storage | SchedyDB | str) -> Storage:
@@ -145,8 +170,13 @@ def create_app(
     rules: dict[tuple[str, str], Access] = {("GET", _wire.API_PREFIX + "/health"): Access(None, "")}
     for path in ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"):
         rules["GET", path] = Access(TokenRole.READ, "read the API's documentation")
+    scrub = _scrubber(storage)
     app.add_middleware(
-        Guard, authenticator=authenticator, rules=rules, max_body_bytes=max_body_bytes
+        Guard,
+        authenticator=authenticator,
+        rules=rules,
+        max_body_bytes=max_body_bytes,
+        scrub=scrub,
     )
 
     @app.exception_handler(SchedyError)
@@ -155,7 +185,7 @@ def create_app(
     async def known_error(request: Request, error: Exception) -> Response:
         # Named by the public class it is (a private subclass travels as its
         # base); one the table lacks (NoJobError, say) is a ServerError.
-        return _error(error)
+        return _error(error, scrub=scrub)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:

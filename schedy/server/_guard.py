@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
+from collections.abc import Callable
 from itertools import accumulate
 from typing import NamedTuple
 
@@ -162,11 +163,13 @@ class Guard:
         authenticator: Authenticator,
         rules: dict[tuple[str, str], Access],
         max_body_bytes: int,
+        scrub: Callable[[str], str] = str,
     ) -> None:
         self.app = app
         self._authenticator = authenticator
         self._rules = rules
         self._max_body_bytes = max_body_bytes
+        self._scrub = scrub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # lifespan
@@ -185,7 +188,7 @@ class Guard:
             if started:  # half an answer went out: only closing the connection is left
                 raise
             if isinstance(error, SchedyError):  # the store failed to check a token, say
-                await answer(send, error)
+                await answer(send, error, message=self._scrub(str(error)))
                 return
             logger.exception("schedy server: %s %s failed", scope.get("method"), scope.get("path"))
             await answer(send, ServerError(GENERIC_FAILURE))
