@@ -425,9 +425,9 @@ class Database:
         folder = os.path.dirname(path)
         if kind == "corrupt":
             return self._mark_damaged(f"SQLite: {original}")
-        if kind == "moved":
+        if kind == "moved":  # SQLite noticed it itself (rollback-journal mode)
             self._gone = self._gone_message(replaced=False)
-            return self._gone
+            return f"{self._gone} This call wrote nothing."
         if kind == "full":
             return (
                 f"the disk holding the SQLite store {path} is full (SQLite: {original}): free "
