@@ -277,6 +277,44 @@ def test_the_client_says_what_the_role_lacks(served: Served) -> None:
             experiment.delete()
 
 
+def test_a_worker_token_is_all_a_worker_needs(tmp_path: Path) -> None:
+    storage = SQLStorage(f"sqlite:///{tmp_path}/s.db")
+    secret = "a-worker-secret-0123456789"
+    storage.create_token("gpu-1", WORKER, _wire.hash_secret(secret))
+    try:
+        with serving(create_app(storage, BOOTSTRAP)) as url:
+            with schedy.SchedyDB(url, token=BOOTSTRAP) as admin:
+                admin.add_experiment(
+                    schedy.PopulationBasedTraining(
+                        "pbt",
+                        schedy.pbt.MAXIMIZE,
+                        "acc",
+                        exploit=schedy.pbt.Truncate(),
+                        explore={"lr": schedy.pbt.Perturb()},
+                        initial_distributions={"lr": schedy.random.LogUniform(1e-4, 1e-1)},
+                        population_size=2,
+                        max_generations=2,
+                        seed=0,
+                    )
+                )
+            with schedy.SchedyDB(url, token=secret) as db:
+                experiment = db.get_experiment("pbt")
+                done = 0
+                while True:  # the worker loop, to the end of the experiment
+                    try:
+                        job = experiment.next_job(timeout=10)
+                    except schedy.errors.NoJobError:
+                        break
+                    with job:
+                        job.results["acc"] = job.hyperparameters["lr"]
+                    done += 1
+                assert done >= 2
+                assert db.get_experiment("pbt").status == "DONE"
+                experiment.add_job({"lr": 0.01})  # queueing by hand is a worker's too
+    finally:
+        storage.close()
+
+
 # -- revocation -------------------------------------------------------------------
 def test_a_revoked_token_is_refused_at_once_without_a_cache(
     tmp_path: Path, schedy_cli: Any

@@ -94,9 +94,11 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
         help="serve the store over HTTP to workers on other machines",
         description=(
             "Serve the store given by --db (SQLite or PostgreSQL) over a REST API, so "
-            "workers elsewhere use SchedyDB('http://HOST:PORT') with the token in "
+            "workers elsewhere use SchedyDB('http://HOST:PORT') with a token in "
             "$SCHEDY_TOKEN instead of database credentials. Scheduling runs here, exactly "
-            "as on the database. Without a token it only listens on this machine."
+            "as on the database. The admin token comes from $SCHEDY_TOKEN or --token-file; "
+            "give workers tokens of their own with `schedy token create`. Without any "
+            "token it only listens on this machine."
         ),
     )
     parser.set_defaults(handler=_server)

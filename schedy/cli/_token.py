@@ -59,9 +59,9 @@ def _create(args: argparse.Namespace, store: Store) -> int:
     _tokens(store, create=True).create_token(name, role, _wire.hash_secret(secret))
     print(secret, flush=True)
     print(
-        f"schedy: created {role} token {name!r}. Its secret (above) is shown this once and "
-        "not stored: give it to the workers as $SCHEDY_TOKEN; revoke it with "
-        f"`schedy token revoke {name}`",
+        f"schedy: created {role} token {name!r}. Its secret, printed on stdout, is shown "
+        "this once and not stored: hand it over as $SCHEDY_TOKEN (a worker machine, a "
+        f"dashboard); revoke it with `schedy token revoke {name}`",
         file=sys.stderr,
     )
     return 0

@@ -6,11 +6,13 @@ the same :class:`~schedy.storage._base.Storage` method the SQL backend
 runs in-process -- the scheduling decision included -- so a worker behind
 the server schedules exactly like one on the database.
 
-Start it with ``schedy --db postgresql://… server --port 8080`` (token from
-``--token`` or ``$SCHEDY_TOKEN``), and point workers at it with
-``SchedyDB('http://host:8080')`` (token from ``$SCHEDY_TOKEN``). The API is
-described at ``/docs`` (OpenAPI). ``create_app(storage, token)`` gives the
-ASGI application, to run under another server or behind a proxy.
+Start it with ``schedy --db postgresql://… server --port 8080`` (its admin
+token from ``$SCHEDY_TOKEN`` or ``--token-file``), give each worker machine
+a token of its own with ``schedy --db postgresql://… token create --role
+worker``, and point workers at it with ``SchedyDB('http://host:8080')``
+(token from ``$SCHEDY_TOKEN``). The API is described at ``/docs``
+(OpenAPI; behind the token like the API). ``create_app(storage, token)``
+gives the ASGI application, to run under another server or behind a proxy.
 """
 
 from __future__ import annotations
