@@ -103,8 +103,12 @@ def test_sixteen_processes_run_a_pbt_population(store_url: str, tmp_path: Path) 
             assert parent.status == schedy.Job.DONE
             assert parent.generation == job.generation - 1  # type: ignore[operator]
             assert parent.updated_at <= job.created_at
-    for member in db.get_experiment("pbt").population():
-        assert member.ended and member.head_generation == 5
+    members = db.get_experiment("pbt").population()
+    # Every member ended: at its final generation, or retired earlier as a
+    # straggler (bottom, with every better member finished: nothing to copy).
+    assert all(member.ended for member in members)
+    assert max(member.head_generation or 0 for member in members) == 5
+    assert all((member.head_generation or 0) <= 5 for member in members)
     assert db.get_experiment("pbt").status == schedy.Experiment.DONE
 
 
