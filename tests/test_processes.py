@@ -263,7 +263,9 @@ def test_workers_killed_at_random_lose_and_duplicate_nothing(
             parent = jobs[job.parent_id]
             assert parent.status == schedy.Job.DONE
             assert job.generation == (parent.generation or 0) + 1
-    for member in experiment.population():
-        assert member.ended and member.head_generation == 9
+    members = experiment.population()
+    assert max(member.head_generation or 0 for member in members) == 9
+    for member in members:  # at the last generation, or retired as a straggler
+        assert member.ended and (member.head_generation or 0) <= 9
         assert jobs[member.head_id or ""].status == schedy.Job.DONE
     db.close()
