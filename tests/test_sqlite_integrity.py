@@ -122,6 +122,20 @@ def test_replaced_store_file_is_refused(tmp_path: Path) -> None:
     db.close()
 
 
+def test_a_store_truncated_while_open_is_refused(tmp_path: Path) -> None:
+    # Truncated in place (`> s.db`): the same inode, so only its size tells.
+    path = tmp_path / "s.db"
+    db, experiment = _store(path)
+    _cycle(experiment)
+    os.truncate(path, 0)
+    with pytest.raises(StorageError, match=r"emptied \(truncated to 0 bytes\)"):
+        _cycle(experiment)
+    with pytest.raises(StorageError, match="emptied"):
+        db.get_experiments()
+    assert path.stat().st_size == 0
+    db.close()
+
+
 def test_deleted_folder_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "runs"
     folder.mkdir()

@@ -19,10 +19,11 @@ A SQLite store is a file that other programs can delete, replace or
 truncate under an open store, and SQLite itself does not notice: it keeps
 writing into the deleted inode, and every job reads back DONE while nothing
 reaches the file at the path. So the file's identity (device, inode) is
-recorded when the store first connects and compared with the path's once
-per transaction: after a write's commit (a change that went into a deleted
-file is reported lost, not done), before a read, and before a write that
-opens a new connection (one ``os.stat``, 1-3 us, on a claim cycle of about
+recorded when the store first connects and compared with the path's (and
+its size with 0, for a file truncated in place) once per transaction:
+after a write's commit (a change that went into a deleted file is reported
+lost, not done), before a read, and before a write that opens a new
+connection (one ``os.stat``, 1-3 us, on a claim cycle of about
 300 us). Once it differs every call is refused, reads included, and no
 connection is opened that would create a new, empty file at the path.
 
@@ -638,8 +639,11 @@ class Database:
                 ) from None
             else:
                 if (stat.st_dev, stat.st_ino) == identity:
-                    return
-                self._gone = self._gone_message(replaced=True)
+                    if stat.st_size > 0:
+                        return
+                    self._gone = self._emptied_message()  # truncated in place: same inode
+                else:
+                    self._gone = self._gone_message(replaced=True)
         if committed:
             raise StorageError(
                 "this change was committed into a file that is no longer the store, so it is "
@@ -663,6 +667,14 @@ class Database:
             "deleted file, where no one can read it, so every call on this store is now "
             "refused and nothing more is written: restore the file, then reopen the store "
             "(restart the worker)."
+        )
+
+    def _emptied_message(self) -> str:
+        return (
+            f"the SQLite store {self._path} was emptied (truncated to 0 bytes) while this "
+            "store was open: its jobs are gone from the file. Every call on this store is now "
+            "refused, so nothing is written into what is left: restore the file from a backup, "
+            "then reopen the store (restart the worker)."
         )
 
     def _mark_damaged(self, detail: str) -> str:
