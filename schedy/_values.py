@@ -107,9 +107,7 @@ def _normalize(value: Any, path: tuple[str | int, ...], problems: list[_Unstorab
     if len(path) >= MAX_DEPTH:
         # Fatal to the whole value, even when collecting: a structure cut at
         # some depth would be stored as something else than what it was.
-        return _fail(
-            path, f"nests deeper than {MAX_DEPTH} levels (does it contain itself?)", None
-        )
+        return _fail(path, f"nests deeper than {MAX_DEPTH} levels (does it contain itself?)", None)
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():

@@ -91,8 +91,9 @@ class SchedyDB:
     mid-job frees its PBT member that long after its last heartbeat. Other
     options go to the backend: for SQL, SQLAlchemy ``create_engine``
     arguments; for a schedy server, ``token`` (default ``$SCHEDY_TOKEN``),
-    ``timeout`` (seconds per request), ``retry_seconds`` (how long a request
-    that cannot connect is retried, default 10) and ``verify`` (the CA bundle of an
+    ``timeout`` (seconds per request), ``retry_seconds`` (how long a call is
+    retried while the server cannot be reached, default 300 or
+    ``$SCHEDY_RETRY_SECONDS``) and ``verify`` (the CA bundle of an
     HTTPS server's certificate; default the system's or ``$REQUESTS_CA_BUNDLE``).
 
     A SQLite file that does not exist is created. One that exists but is
@@ -112,6 +113,14 @@ class SchedyDB:
         create: bool = False,
         **options: Any,
     ) -> None:
+        for legacy in ("config_path", "config_override"):
+            if legacy in options:
+                raise TypeError(
+                    f"SchedyDB({legacy}=...) is the original Schedy client's web-service "
+                    "configuration; this schedy takes a store URL instead: SchedyDB(url) with "
+                    "sqlite:///path.db, postgresql://…, mysql://… or http(s)://host:port (a "
+                    "schedy server, its token in $SCHEDY_TOKEN), or $SCHEDY_URL"
+                )
         url = _resolve_url(url)
         if not isinstance(url, str) or not url:
             raise TypeError(f"url must be a non-empty string, not {url!r}")
