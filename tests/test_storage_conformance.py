@@ -860,3 +860,10 @@ def test_synchronous_pbt_waits_for_a_generation_and_a_lost_worker_releases_it(
         _finish(job, 0.5)
     assert generations == sorted(generations)  # generation by generation
     assert db.get_experiment("sync").status == schedy.Experiment.DONE
+
+
+def test_paging_after_an_id_no_backend_could_store_finds_nothing(db: schedy.SchedyDB) -> None:
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    with pytest.raises(NotFoundError):
+        db._storage.list_jobs("m", after="nul\x00id")

@@ -132,7 +132,8 @@ def report_data(experiment: Experiment, *, score: str | None = None) -> dict[str
         # Only a finished job has a score of its own: a running or crashed one still
         # holds the results it started from (its parent's, for PBT).
         done = job.status == "DONE" and score_name is not None
-        columns["score"].append(finite(job.results.get(score_name)) if done else None)
+        scored = done and score_name is not None
+        columns["score"].append(finite(job.results.get(score_name or "")) if scored else None)
         lines = job.error.strip().splitlines() if job.error else []
         columns["error"].append(lines[-1][:200] if lines else None)
         for name, value in job.hyperparameters.items():

@@ -351,6 +351,9 @@ class HTTPStorage(Storage):
         path = parts.path.rstrip("/")
         self._base = urlunsplit((parts.scheme, parts.netloc, path + _wire.API_PREFIX, "", ""))
         self._headers = {"Accept": _wire.MEDIA_TYPE, "Content-Type": _wire.MEDIA_TYPE}
+        # A token read from a file or the environment often ends in a newline;
+        # sent as it is, the HTTP library would refuse it with the secret in its message.
+        token = token.strip() if isinstance(token, str) else token
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._timeout = timeout

@@ -364,7 +364,12 @@ class SQLStorage(Storage):
             row = self._experiment_row(transaction, experiment, False)
             start = 0
             if after is not None:
-                found = sql.JOB_SEQ.first(transaction, {"id": after, "experiment_id": row.id})
+                valid = isinstance(after, str) and 0 < len(after) <= 32 and "\x00" not in after
+                found = (
+                    sql.JOB_SEQ.first(transaction, {"id": after, "experiment_id": row.id})
+                    if valid
+                    else None
+                )
                 if found is None:
                     raise NotFoundError(f"experiment {experiment!r} has no job {after!r}")
                 start = found[0]
