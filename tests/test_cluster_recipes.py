@@ -140,7 +140,7 @@ def test_the_kubernetes_manifests_are_valid() -> None:
         "Deployment",
         "Job",
     }
-    for path, document in documents:
+    for _, document in documents:
         kubernetes_validate.validate(document, "1.30.0", strict=True)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pathlib
-import tomllib
+
+import pytest
 
 import schedy
 
+tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
 ROOT = pathlib.Path(__file__).parent.parent
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 

@@ -640,9 +640,8 @@ def test_a_lease_must_be_finite_and_positive(db: schedy.SchedyDB, lease: float) 
         experiment.next_job(lease=lease)
     with pytest.raises(ValueError, match="lease"):
         db._storage.claim_job("m", lease)
-    with experiment.next_job() as job:
-        with pytest.raises(ValueError, match="lease"):
-            db._storage.renew_lease("m", job.id, job._lease_token or "", lease)
+    with experiment.next_job() as job, pytest.raises(ValueError, match="lease"):
+        db._storage.renew_lease("m", job.id, job._lease_token or "", lease)
 
 
 def test_a_renewal_names_its_own_experiment(db: schedy.SchedyDB) -> None:
