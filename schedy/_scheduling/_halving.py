@@ -46,10 +46,12 @@ from ._protocol import (
     TakeQueued,
     Wait,
     check_distributions,
+    check_max_member_crashes,
     check_seed,
     config_object,
     distributions_from_json,
     distributions_to_json,
+    oriented_score,
     register,
     sample,
 )
@@ -168,12 +170,7 @@ class SuccessiveHalvingScheduler(Scheduler):
         self.reduction_factor = reduction_factor
         self.max_configurations = _optional_count(max_configurations, "max_configurations")
         self.seed = check_seed(seed)
-        if (
-            not isinstance(max_member_crashes, int)
-            or isinstance(max_member_crashes, bool)
-            or max_member_crashes < 1
-        ):
-            raise ValueError(f"max_member_crashes must be an int >= 1, not {max_member_crashes!r}")
+        check_max_member_crashes(max_member_crashes)
         self.max_member_crashes = max_member_crashes
         self.budgets = rung_budgets(self.min_budget, self.max_budget, reduction_factor)
         self._cycle = bracket_cycle(len(self.budgets), self._bracket_count(), reduction_factor)
@@ -248,10 +245,7 @@ class SuccessiveHalvingScheduler(Scheduler):
             )
 
     def score(self, results: Mapping[str, Any]) -> float | None:
-        score = _values.as_score(results.get(self.result_name))
-        if score is None:
-            return None
-        return score if self.objective == MAXIMIZE else -score
+        return oriented_score(results, self.result_name, self.objective == MAXIMIZE)
 
     def job_ended(
         self,

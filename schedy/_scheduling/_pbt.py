@@ -18,7 +18,6 @@ import random
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from .. import _values
 from .._records import MemberRecord
 from ..pbt import (
     MAXIMIZE,
@@ -40,10 +39,12 @@ from ._protocol import (
     TakeQueued,
     Wait,
     check_distributions,
+    check_max_member_crashes,
     check_seed,
     config_object,
     distributions_from_json,
     distributions_to_json,
+    oriented_score,
     register,
     sample,
 )
@@ -140,12 +141,7 @@ class PBTScheduler(Scheduler):
                     f"known hyperparameters: {sorted(self.initial_distributions)}"
                 )
             strategy._check_distribution(self.initial_distributions.get(key), key)
-        if (
-            not isinstance(max_member_crashes, int)
-            or isinstance(max_member_crashes, bool)
-            or max_member_crashes < 1
-        ):
-            raise ValueError(f"max_member_crashes must be an int >= 1, not {max_member_crashes!r}")
+        check_max_member_crashes(max_member_crashes)
         self.population_size = population_size
         self.max_generations = max_generations
         self.seed = check_seed(seed)
@@ -211,10 +207,7 @@ class PBTScheduler(Scheduler):
                 ) from None
 
     def score(self, results: Mapping[str, Any]) -> float | None:
-        score = _values.as_score(results.get(self.result_name))
-        if score is None:
-            return None
-        return score if self.objective == MAXIMIZE else -score
+        return oriented_score(results, self.result_name, self.objective == MAXIMIZE)
 
     def is_final_generation(self, generation: int | None) -> bool:
         if self.max_generations is None or generation is None:

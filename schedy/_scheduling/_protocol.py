@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from .. import _values
 from .._records import ExperimentRecord, JobRecord, JobStatus, MemberRecord
 from ..random import Distribution, _distribution_from_json
 from . import _history
@@ -339,6 +340,26 @@ def check_seed(seed: Any) -> int | None:
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
         raise TypeError(f"seed must be an int or None, not {seed!r}")
     return seed
+
+
+def check_max_member_crashes(value: Any) -> int:
+    """Crashes in a row after which a member is replaced or retired: an int >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"max_member_crashes must be an int >= 1, not {value!r}")
+    return value
+
+
+def oriented_score(
+    results: Mapping[str, Any], result_name: str | None, maximize: bool
+) -> float | None:
+    """``results[result_name]`` as a ranking value, higher is better (None:
+    missing, NaN or no result to rank by) -- every kind with an objective."""
+    if result_name is None:
+        return None
+    score = _values.as_score(results.get(result_name))
+    if score is None:
+        return None
+    return score if maximize else -score
 
 
 def distributions_to_json(distributions: Mapping[str, Distribution]) -> dict[str, Any]:

@@ -23,7 +23,9 @@ from ._protocol import (
     Scheduler,
     SchedulingState,
     Wait,
+    check_max_member_crashes,
     config_object,
+    oriented_score,
     register,
 )
 
@@ -61,12 +63,7 @@ class ReplayScheduler(Scheduler):
             raise ValueError(f"objective must be 'min', 'max' or None, not {objective!r}")
         if (objective is None) != (result_name is None):
             raise ValueError("give both objective and result_name, or neither")
-        if (
-            not isinstance(max_member_crashes, int)
-            or isinstance(max_member_crashes, bool)
-            or max_member_crashes < 1
-        ):
-            raise ValueError(f"max_member_crashes must be an int >= 1, not {max_member_crashes!r}")
+        check_max_member_crashes(max_member_crashes)
         self.steps: list[dict[str, Any]] = checked
         self.source = dict(source or {})
         self.objective = None if objective is None else Objective(objective)
@@ -94,12 +91,7 @@ class ReplayScheduler(Scheduler):
         }
 
     def score(self, results: Mapping[str, Any]) -> float | None:
-        if self.result_name is None:
-            return None
-        score = _values.as_score(results.get(self.result_name))
-        if score is None:
-            return None
-        return score if self.objective == MAXIMIZE else -score
+        return oriented_score(results, self.result_name, self.objective == MAXIMIZE)
 
     def is_final_generation(self, generation: int | None) -> bool:
         return generation is not None and generation + 1 >= len(self.steps)
