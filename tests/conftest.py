@@ -35,64 +35,69 @@ _postgres_state: dict[str, object] = {}
 _mariadb_state: dict[str, object] = {}
 
 
-def _mariadb_database() -> str:
-    """Create (once per session) a scratch MariaDB database and return its URL, or skip."""
-    if "skip" in _mariadb_state:
-        pytest.skip(str(_mariadb_state["skip"]))
-    if "url" in _mariadb_state:
-        return str(_mariadb_state["url"])
+def _scratch_database(
+    state: dict[str, object],
+    admin_url: str,
+    label: str,
+    driver: str,
+    create: str,
+    variable: str,
+) -> str:
+    """Create (once per session) a scratch database on a database server and return
+    its URL, or skip saying why: ``create`` is the CREATE DATABASE statement for
+    ``{name}``, ``driver`` the module it needs, ``variable`` the admin URL's override."""
+    import importlib
+
+    if "skip" in state:
+        pytest.skip(str(state["skip"]))
+    if "url" in state:
+        return str(state["url"])
     try:
-        import pymysql  # noqa: F401
+        importlib.import_module(driver)
         import sqlalchemy as sa
     except ImportError as error:
-        _mariadb_state["skip"] = f"MariaDB tests need pymysql: {error}"
-        pytest.skip(str(_mariadb_state["skip"]))
+        state["skip"] = f"{label} tests need {driver}: {error}"
+        pytest.skip(str(state["skip"]))
     name = f"schedy_test_{uuid.uuid4().hex[:12]}"
     try:
-        admin = sa.create_engine(MARIADB_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
-            connection.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+            connection.exec_driver_sql(create.format(name=name))
         admin.dispose()
     except Exception as error:  # unreachable server, bad credentials...
-        _mariadb_state["skip"] = (
-            f"MariaDB unreachable at {MARIADB_ADMIN_URL} ({type(error).__name__}); "
-            "set SCHEDY_TEST_MARIADB to an admin URL to run these tests"
+        state["skip"] = (
+            f"{label} unreachable at {admin_url} ({type(error).__name__}); "
+            f"set {variable} to an admin URL to run these tests"
         )
-        pytest.skip(str(_mariadb_state["skip"]))
-    url = MARIADB_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    _mariadb_state["url"] = url
-    _mariadb_state["name"] = name
+        pytest.skip(str(state["skip"]))
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    state["url"] = url
+    state["name"] = name
     return url
+
+
+def _mariadb_database() -> str:
+    """A scratch MariaDB database for this session (or skip)."""
+    return _scratch_database(
+        _mariadb_state,
+        MARIADB_ADMIN_URL,
+        "MariaDB",
+        "pymysql",
+        "CREATE DATABASE `{name}` CHARACTER SET utf8mb4",
+        "SCHEDY_TEST_MARIADB",
+    )
 
 
 def _postgres_database() -> str:
-    """Create (once per session) a scratch database and return its URL, or skip."""
-    if "skip" in _postgres_state:
-        pytest.skip(str(_postgres_state["skip"]))
-    if "url" in _postgres_state:
-        return str(_postgres_state["url"])
-    try:
-        import psycopg  # noqa: F401
-        import sqlalchemy as sa
-    except ImportError as error:
-        _postgres_state["skip"] = f"PostgreSQL tests need psycopg: {error}"
-        pytest.skip(str(_postgres_state["skip"]))
-    name = f"schedy_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        admin.dispose()
-    except Exception as error:  # unreachable server, bad credentials...
-        _postgres_state["skip"] = (
-            f"PostgreSQL unreachable at {POSTGRES_ADMIN_URL} ({type(error).__name__}); "
-            "set SCHEDY_TEST_POSTGRES to an admin URL to run these tests"
-        )
-        pytest.skip(str(_postgres_state["skip"]))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    _postgres_state["url"] = url
-    _postgres_state["name"] = name
-    return url
+    """A scratch PostgreSQL database for this session (or skip)."""
+    return _scratch_database(
+        _postgres_state,
+        POSTGRES_ADMIN_URL,
+        "PostgreSQL",
+        "psycopg",
+        'CREATE DATABASE "{name}"',
+        "SCHEDY_TEST_POSTGRES",
+    )
 
 
 def _reset_database(url: str) -> None:
