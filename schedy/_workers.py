@@ -3,10 +3,12 @@
 Each worker is a process of its own (a Python function looping on
 ``next_job``, or any command that does), so workers never share a GIL or a
 CUDA context. On a machine with GPUs each worker sees one through
-``CUDA_VISIBLE_DEVICES``. Ctrl-C (or SIGTERM) stops them all: workers get
-SIGINT, which ends the current job as CRASHED through ``with job:``, so no
-job is left RUNNING; stragglers are ended after a grace period. That
-supervision is :mod:`schedy._processes`, shared with ``schedy run``.
+``CUDA_VISIBLE_DEVICES`` -- or, with ``gpus_per_job=K``, a group of K of its
+own, for a member that trains on several (DDP, torchrun). Ctrl-C (or
+SIGTERM) stops them all: workers get SIGINT, which ends the current job as
+CRASHED through ``with job:``, so no job is left RUNNING; stragglers are
+ended after a grace period. That supervision is :mod:`schedy._processes`,
+shared with ``schedy run``.
 
 While they run, the launcher prints one line per finished job, read from
 the store every second (:mod:`schedy._progress`) -- e.g. ``member 3 gen 5 ←
@@ -79,6 +81,33 @@ def threads_per_worker(workers: int) -> int:
     except (AttributeError, OSError):  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, cores // max(1, workers))
+
+
+def gpu_groups(gpus: Sequence[str], per_job: int) -> list[str]:
+    """``gpus`` cut into groups of ``per_job``, each a ``CUDA_VISIBLE_DEVICES`` value.
+
+    A GPU left over, or two workers on one group, would make DDP members
+    share devices they each think are theirs: refused, saying what would fit.
+    """
+    if not isinstance(per_job, int) or isinstance(per_job, bool) or per_job < 1:
+        raise ValueError(f"gpus_per_job must be an int >= 1, not {per_job!r}")
+    if not gpus:
+        raise ValueError(
+            f"gpus_per_job={per_job} needs GPUs, and none were found: name them "
+            "(--gpus 0,1,2,3 / gpus=[...]) or set CUDA_VISIBLE_DEVICES"
+        )
+    if per_job > len(gpus):
+        raise ValueError(
+            f"gpus_per_job={per_job} is more than the {len(gpus)} GPU(s) there are "
+            f"({','.join(gpus)}): ask for at most {len(gpus)}"
+        )
+    if len(gpus) % per_job:
+        raise ValueError(
+            f"{len(gpus)} GPUs ({','.join(gpus)}) do not split into groups of {per_job}: "
+            f"use a gpus_per_job that divides {len(gpus)}, or name "
+            f"{len(gpus) - len(gpus) % per_job} of them with --gpus / gpus=[...]"
+        )
+    return [",".join(gpus[i : i + per_job]) for i in range(0, len(gpus), per_job)]
 
 
 def _worker_env(
@@ -222,9 +251,10 @@ def run_workers(
     train: Callable[[Any], Any] | Sequence[str],
     experiment: str,
     *,
-    workers: int = 2,
+    workers: int | None = None,
     db: str | None = None,
     gpus: Sequence[str] | None = None,
+    gpus_per_job: int | None = None,
     grace: float = GRACE_SECONDS,
     progress: Progress = "lines",
 ) -> int:
@@ -238,13 +268,33 @@ def run_workers(
     when every worker ended cleanly, else the first non-zero exit code
     (130 after Ctrl-C).
 
+    ``workers`` defaults to 2, each seeing one GPU (round robin). With
+    ``gpus_per_job=K`` each worker sees K GPUs of its own instead (a member
+    trained with DDP or torchrun over them; see
+    :func:`schedy.integrations.torch.distributed_jobs`), and ``workers``
+    defaults to GPUs // K; GPUs that do not split into groups of K, or more
+    workers than groups, are a ``ValueError``.
+
     ``progress``: ``"lines"`` prints one line per finished job on stdout
     (read from the store every second), ``"quiet"`` nothing, ``"verbose"``
     also when each worker starts and ends, and sets ``SCHEDY_VERBOSE=1`` for
     the workers (function workers then log a crashed job's traceback; the
     examples' workers let their framework talk).
     """
-    if not isinstance(workers, int) or workers < 1:
+    gpu_ids = list(detect_gpus() if gpus is None else gpus)
+    if gpus_per_job is not None:
+        gpu_ids = gpu_groups(gpu_ids, gpus_per_job)
+        if workers is None:
+            workers = len(gpu_ids)
+        elif isinstance(workers, int) and workers > len(gpu_ids):
+            raise ValueError(
+                f"{workers} workers of {gpus_per_job} GPUs each need {workers * gpus_per_job} "
+                f"GPUs; there are {len(gpu_ids) * gpus_per_job}: run at most {len(gpu_ids)} "
+                "workers"
+            )
+    elif workers is None:
+        workers = 2
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be an int >= 1, not {workers!r}")
     if progress not in _PROGRESS:
         raise ValueError(f"progress must be one of {', '.join(_PROGRESS)}, not {progress!r}")
@@ -252,7 +302,6 @@ def run_workers(
         raise TypeError("give the command as a list of arguments, e.g. ['python', 'train.py']")
     if not callable(train) and not list(train):
         raise ValueError("the worker command is empty")
-    gpu_ids = list(detect_gpus() if gpus is None else gpus)
     verbose = progress == "verbose"
     threads = threads_per_worker(workers)
     envs = [_worker_env(i, gpu_ids, db, experiment, verbose, threads) for i in range(workers)]

@@ -84,6 +84,67 @@ def test_command_workers_get_their_gpu_and_index(tmp_path: Path) -> None:
     assert pairs <= {("0", "5"), ("1", "7"), ("2", "5")}
 
 
+def test_gpus_per_job_gives_each_worker_a_group_of_its_own(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    _pbt(schedy.SchedyDB(url))
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    record = (
+        "import os, sys; open(os.path.join(sys.argv[1], os.environ['SCHEDY_WORKER_INDEX']), "
+        "'w').write(os.environ['CUDA_VISIBLE_DEVICES'])"
+    )
+    command = [sys.executable, "-c", record, str(seen)]
+    fake = ["4", "5", "6", "7"]
+    assert schedy.run_workers(command, "pbt", db=url, gpus=fake, gpus_per_job=2) == 0
+    # workers = GPUs // K, each seeing its own K devices (no worker shares one).
+    assert {path.name: path.read_text() for path in seen.iterdir()} == {"0": "4,5", "1": "6,7"}
+
+
+@pytest.mark.parametrize(
+    ("gpus", "per_job", "expected"),
+    [
+        (["0", "1", "2", "3"], 2, ["0,1", "2,3"]),
+        (["0", "1", "2", "3"], 4, ["0,1,2,3"]),
+        (["3", "1"], 1, ["3", "1"]),
+    ],
+)
+def test_gpu_groups(gpus: list[str], per_job: int, expected: list[str]) -> None:
+    assert _workers.gpu_groups(gpus, per_job) == expected
+    envs = [_workers._worker_env(i, expected, None, "e") for i in range(len(expected))]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
+
+
+@pytest.mark.parametrize(
+    ("gpus", "per_job", "workers", "message"),
+    [
+        (["0", "1", "2"], 2, None, r"3 GPUs \(0,1,2\) do not split into groups of 2"),
+        (["0", "1"], 3, None, r"gpus_per_job=3 is more than the 2 GPU\(s\)"),
+        ([], 2, None, "needs GPUs, and none were found"),
+        (["0", "1"], 0, None, "gpus_per_job must be an int >= 1"),
+        (["0", "1", "2", "3"], 2, 3, "3 workers of 2 GPUs each need 6 GPUs; there are 4"),
+    ],
+)
+def test_gpus_per_job_that_cannot_fit_is_refused(
+    gpus: list[str], per_job: int, workers: int | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        schedy.run_workers(["true"], "pbt", workers=workers, gpus=gpus, gpus_per_job=per_job)
+
+
+def test_schedy_worker_gpus_per_job_error_is_clear(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/s.db"
+    _pbt(schedy.SchedyDB(url))
+    cli = [sys.executable, "-m", "schedy", "--db", url, "worker", "pbt"]
+    done = subprocess.run(
+        [*cli, "--gpus", "0,1,2", "--gpus-per-job", "2", "--", "true"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "do not split into groups of 2" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("visible", "expected"), [("0,1", ["0", "1"]), ("", []), ("-1", []), ("3", ["3"])]
 )

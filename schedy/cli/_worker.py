@@ -1,4 +1,4 @@
-"""``schedy worker``: start N local copies of a worker command, one GPU each, and wait.
+"""``schedy worker``: start N local copies of a worker command, one GPU (or K) each, and wait.
 
 The command is a worker that pulls jobs itself (a script looping on
 ``experiment.next_job()``); this is :func:`schedy.run_workers` from a shell,
@@ -36,6 +36,7 @@ def _worker(args: argparse.Namespace, store: Store) -> int:
         workers=args.workers,
         db=db.url,
         gpus=gpus,
+        gpus_per_job=args.gpus_per_job,
         grace=args.grace,
         progress=progress,
     )
@@ -51,7 +52,8 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
             "Start --workers copies of COMMAND, a worker that pulls jobs itself "
             "(e.g. a script looping on experiment.next_job()), and wait until they end. "
             "Each gets SCHEDY_URL, SCHEDY_EXPERIMENT, SCHEDY_WORKER_INDEX and, on a machine "
-            "with GPUs, its own CUDA_VISIBLE_DEVICES. Ctrl-C stops them all; their jobs end "
+            "with GPUs, its own CUDA_VISIBLE_DEVICES (one GPU, or --gpus-per-job K of them for "
+            "a member trained with DDP/torchrun). Ctrl-C stops them all; their jobs end "
             "CRASHED, none stays RUNNING. While they run, one line per finished job is printed "
             "(read from the store every second). Options may come before or after NAME: the "
             "command starts at the first word after NAME that is not one of them, or after --."
@@ -59,12 +61,28 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
     )
     # takes_command: _main splits the command off before argparse reads the rest.
     parser.set_defaults(handler=_worker, takes_command=True)
-    parser.add_argument("--workers", type=int, default=2, help="number of processes (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="number of processes (default 2; with --gpus-per-job, GPUs // K)",
+    )
     parser.add_argument(
         "--gpus",
         metavar="IDS",
         default=None,
         help="GPU ids to spread workers over, e.g. 0,1 ('none': no GPU; default: detected)",
+    )
+    parser.add_argument(
+        "--gpus-per-job",
+        type=int,
+        default=None,
+        metavar="K",
+        help=(
+            "give each worker K GPUs of its own (CUDA_VISIBLE_DEVICES lists K), for a member "
+            "trained over several with Lightning strategy='ddp' or torchrun; the GPUs must "
+            "split into groups of K"
+        ),
     )
     parser.add_argument(
         "--grace",
