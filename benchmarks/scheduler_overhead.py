@@ -29,6 +29,11 @@ not grow with the number of past jobs):
    is for many machines; it shows the cost of a network database).
 5. With ``--server``: the same through ``schedy server`` (a separate
    process over a SQLite file), its clients talking HTTP.
+6. With ``--populations 32,1000,10000``: one cycle on a full PBT population
+   of each size (bulk-built, 2 generations deep), on SQLite and, with
+   ``--postgres``, on PostgreSQL, all timed in the same interleaved rounds and
+   printed side by side. Target: the largest population's median cycle <= 2x
+   the smallest's on each backend. ``--only-populations`` runs just this.
 
 Every number is also printed as a ratio against the baseline run in the same
 process. Run it from the repository root::
@@ -38,6 +43,8 @@ process. Run it from the repository root::
     .venv/bin/python benchmarks/scheduler_overhead.py --json results.json
     .venv/bin/python benchmarks/scheduler_overhead.py --server \
         --postgres postgresql+psycopg://postgres@127.0.0.1/postgres
+    .venv/bin/python benchmarks/scheduler_overhead.py --only-populations \
+        --populations 32,1000,10000 --postgres postgresql+psycopg://postgres@127.0.0.1/postgres
 
 ``--cycles``, ``--history``, ``--workers`` and ``--seconds`` change the sizes;
 see ``--help``.
@@ -155,11 +162,7 @@ def build_by_bulk_insert(path: str, history: int) -> tuple[schedy.SchedyDB, sche
     """
     db, experiment = open_store(f"sqlite:///{path}")
     assert isinstance(experiment, schedy.PopulationBasedTraining)
-    member_history: Any = (
-        importlib.import_module("schedy._history")
-        if "history" in _members.c and importlib.util.find_spec("schedy._history")
-        else None
-    )
+    member_history = _member_history()
     rng = random.Random(SEED + 2)
     ids = random.Random(SEED + 3)
     initial = schedy.random.LogUniform(LR_LOW, LR_HIGH)
@@ -263,6 +266,125 @@ def build_by_bulk_insert(path: str, history: int) -> tuple[schedy.SchedyDB, sche
                 .where(_experiments.c.id == experiment_id)
                 .values(claims=history)
             )
+    finally:
+        engine.dispose()
+    return db, experiment
+
+
+def _member_history() -> Any:
+    """schedy's member score history module, wherever this schedy keeps it (None: none)."""
+    if "history" not in _members.c:
+        return None
+    for name in ("schedy._scheduling._history", "schedy._history"):
+        try:
+            if importlib.util.find_spec(name):
+                return importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+    return None
+
+
+def make_population_experiment(population: int) -> schedy.PopulationBasedTraining:
+    return schedy.PopulationBasedTraining(
+        f"pbt-population-{population}",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.LogUniform(LR_LOW, LR_HIGH)},
+        population_size=population,
+        seed=SEED,
+    )
+
+
+def build_population(
+    url: str, population: int, generations: int = 2
+) -> tuple[schedy.SchedyDB, schedy.Experiment]:
+    """A full PBT population of ``population`` members, each ``generations``
+    DONE jobs deep (member by member, generation by generation, scores and
+    score histories as real cycles leave them), bulk-written with SQLAlchemy
+    into any SQL store in one transaction: 10,000 members by real claims
+    would take minutes on the code this measures the fix of."""
+    db = schedy.SchedyDB(url)
+    experiment = make_population_experiment(population)
+    db.add_experiment(experiment)
+    assert isinstance(experiment, schedy.PopulationBasedTraining)
+    history = _member_history()
+    rng = random.Random(SEED + 5)
+    ids = random.Random(f"{SEED}:{population}:ids")  # one database may hold several sizes
+    initial = schedy.random.LogUniform(LR_LOW, LR_HIGH)
+    start = time.time() - population * generations
+    jobs: list[dict[str, Any]] = []
+    members: list[dict[str, Any]] = []
+    for member in range(population):
+        lr = float(initial.sample(rng))
+        parent = None
+        scores = None
+        for generation in range(generations):
+            acc = accuracy(lr, generation, rng)
+            score = experiment._scheduler.score({"acc": acc})
+            if history is not None:
+                scores = history.extend(scores, generation, score)
+            now = start + generation * population + member
+            job = {
+                "id": _job_id(ids),
+                "status": schedy.Job.DONE,
+                "hyperparameters": _values.dumps({"lr": lr}),
+                "results": _values.dumps({"acc": acc}),
+                "member": member,
+                "generation": generation,
+                "parent_id": parent,
+                "exploited_from": None,
+                "error": None,
+                "lease_token": None,
+                "lease_expires_at": None,
+                "created_at": now - 0.9,
+                "updated_at": now,
+                "score": score,
+            }
+            jobs.append({key: value for key, value in job.items() if key in _jobs.c})
+            parent = job["id"]
+        members.append(
+            {
+                "idx": member,
+                "head_id": parent,
+                "head_generation": generations - 1,
+                "score": score,
+                "busy_id": None,
+                "last_id": parent,
+                "crashes": 0,
+                "ended": False,
+                "ready_since": now,
+                "history": scores,
+            }
+        )
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            experiment_id = connection.execute(
+                sa.select(_experiments.c.id).where(_experiments.c.name == experiment.name)
+            ).scalar_one()
+            connection.execute(
+                sa.insert(_jobs), [dict(row, experiment_id=experiment_id) for row in jobs]
+            )
+            connection.execute(
+                sa.insert(_members),
+                [
+                    {
+                        k: v
+                        for k, v in dict(row, experiment_id=experiment_id).items()
+                        if k in _members.c
+                    }
+                    for row in members
+                ],
+            )
+            connection.execute(
+                sa.update(_experiments)
+                .where(_experiments.c.id == experiment_id)
+                .values(claims=population * generations)
+            )
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("ANALYZE")  # plans as a long-running store has them
     finally:
         engine.dispose()
     return db, experiment
@@ -659,6 +781,103 @@ def bench_server(
     return result
 
 
+# -- 6. population size -----------------------------------------------------------
+def _scratch_postgres(admin_url: str) -> tuple[str, Callable[[], None]] | None:
+    """A scratch PostgreSQL database (its URL, and how to drop it); None if unreachable."""
+    admin_parsed = sa.engine.make_url(admin_url)
+    name = f"schedy_bench_{os.getpid()}_{random.randrange(1 << 30)}"
+    try:
+        admin = sa.create_engine(admin_parsed, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except Exception as error:  # unreachable, no driver, no rights: say so and go on
+        print(f"  PostgreSQL skipped: cannot create a scratch database ({error})")
+        return None
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return admin_parsed.set(database=name).render_as_string(hide_password=False), drop
+
+
+def bench_populations(
+    args: argparse.Namespace, folder: str, out: dict[str, Any]
+) -> dict[str, dict[int, Timed]]:
+    """One cycle at each population size, on SQLite and (with --postgres) PostgreSQL,
+    every store timed in the same interleaved rounds; ratios against the smallest."""
+    sizes = args.populations
+    print(
+        f"\n[6] one cycle by population size {', '.join(f'{p:,}' for p in sizes)} "
+        f"(PBT, full population, {args.population_generations} generations each), single process"
+    )
+    backends: list[tuple[str, Callable[[int], str]]] = [
+        ("SQLite", lambda p: f"sqlite:///{os.path.join(folder, f'population{p}.db')}")
+    ]
+    cleanup: list[Callable[[], None]] = []
+    if args.postgres:
+        scratch = _scratch_postgres(args.postgres)
+        if scratch is not None:
+            pg_url, drop = scratch
+            backends.append(("PostgreSQL", lambda p: pg_url))
+            cleanup.append(drop)
+    entries: dict[str, dict[int, Timed]] = {label: {} for label, _ in backends}
+    dbs: list[schedy.SchedyDB] = []
+    try:
+        for label, url_for in backends:
+            for population in sizes:
+                started = time.perf_counter()
+                db, experiment = build_population(
+                    url_for(population), population, args.population_generations
+                )
+                dbs.append(db)
+                rng = random.Random(SEED + population)
+
+                def cycle(
+                    experiment: schedy.Experiment = experiment, rng: random.Random = rng
+                ) -> str:
+                    return schedy_cycle(experiment, rng)
+
+                warm_up(cycle, args.warmup // 4)
+                entries[label][population] = Timed(f"{label} {population}", cycle, args.cycles // 2)
+                print(
+                    f"  {label}: built population {population:,} in "
+                    f"{time.perf_counter() - started:.1f} s"
+                )
+        interleave([t for row in entries.values() for t in row.values()], args.rounds)
+    finally:
+        for db in dbs:
+            db.close()
+        for drop in cleanup:
+            drop()
+    header = f"  {'population':>10}"
+    for label in entries:
+        header += f" {label + ' median':>18} {'p90':>10} {'x ' + f'{sizes[0]:,}':>8}"
+    print(header)
+    result: dict[str, Any] = {}
+    for population in sizes:
+        line = f"  {population:>10,}"
+        for label, row in entries.items():
+            timed, base = row[population], row[sizes[0]]
+            line += (
+                f" {ms(timed.median):>18} {ms(timed.quantile(0.9)):>10} "
+                f"{timed.median / base.median:>8.2f}"
+            )
+            result.setdefault(label, []).append(
+                {
+                    "population": population,
+                    "cycles": len(timed.samples),
+                    "median_s": timed.median,
+                    "p90_s": timed.quantile(0.9),
+                    "ratio_vs_smallest": timed.median / base.median,
+                }
+            )
+        print(line)
+    out["populations"] = result
+    return entries
+
+
 # -- 3. Optuna ask/tell ---------------------------------------------------------
 def bench_optuna(
     args: argparse.Namespace, folder: str, baseline: Timed, out: dict[str, Any]
@@ -806,6 +1025,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time clients of a `schedy server` (its own process, over SQLite)",
     )
+    parser.add_argument(
+        "--populations",
+        type=lambda text: [int(part) for part in text.split(",") if part],
+        help="also time one cycle at these PBT population sizes, e.g. 32,1000,10000 "
+        "(SQLite, and PostgreSQL with --postgres), side by side",
+    )
+    parser.add_argument(
+        "--population-generations",
+        type=int,
+        default=2,
+        help="DONE jobs per member in the population stores (default 2)",
+    )
+    parser.add_argument(
+        "--only-populations",
+        action="store_true",
+        help="run only the population-size section (needs --populations)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -830,6 +1066,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 0")
     if args.seconds <= 0:
         parser.error("--seconds must be > 0")
+    if args.only_populations and not args.populations:
+        parser.error("--only-populations needs --populations, e.g. --populations 32,1000,10000")
+    if args.populations and min(args.populations) < 2:
+        parser.error("--populations are sizes >= 2")
     return args
 
 
@@ -873,6 +1113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, load average "
         f"{out['machine']['load_average']}\nschedy from {out['machine']['schedy_path']}"
     )
+    if args.only_populations:
+        with tempfile.TemporaryDirectory(prefix="schedy-bench-") as folder:
+            rows = population_rows(args, bench_populations(args, folder, out))
+        return finish(args, out, rows, command, started)
     with tempfile.TemporaryDirectory(prefix="schedy-bench-") as folder:
         baseline = bench_history(args, folder, out)
         workers = bench_workers(
@@ -882,6 +1126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         optuna_result = bench_optuna(args, folder, baseline, out)
         postgres = bench_postgres(args, baseline, out) if args.postgres else None
         served = bench_server(args, folder, baseline, out) if args.server else None
+        populations = bench_populations(args, folder, out) if args.populations else None
 
     big = out["history"][-1]
     rows: list[Row] = [
@@ -951,6 +1196,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                 verdict(claims_clean(workers_there)),
             ),
         ]
+    if populations is not None:
+        rows += population_rows(args, populations)
+    return finish(args, out, rows, command, started)
+
+
+def population_rows(args: argparse.Namespace, entries: dict[str, dict[int, Timed]]) -> list[Row]:
+    """The population target: the largest population's median cycle <= 2x the smallest's."""
+    small, large = args.populations[0], args.populations[-1]
+    rows: list[Row] = []
+    for label, row in entries.items():
+        ratio = row[large].median / row[small].median
+        rows.append(
+            (
+                f"{label}: median cycle, population {large:,} / {small:,}",
+                f"{ratio:.2f} ({ms(row[large].median)} / {ms(row[small].median)})",
+                "<= 2",
+                verdict(ratio <= 2),
+            )
+        )
+    return rows
+
+
+def finish(
+    args: argparse.Namespace, out: dict[str, Any], rows: list[Row], command: str, started: float
+) -> int:
+    """Print the summary table (and write the JSON)."""
     out["targets"] = [
         {"measure": name, "value": value, "target": target, "verdict": result}
         for name, value, target, result in rows

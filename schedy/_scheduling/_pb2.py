@@ -236,6 +236,8 @@ class PB2Scheduler(PBTScheduler):
             synchronous=synchronous,
         )
         self._space = _Space(self.bounds)
+        # The GP fits the recent points of every member: PB2 reads them all.
+        self.member_sample = None
 
     # -- configuration ---------------------------------------------------------
     def to_config(self) -> dict[str, Any]:

@@ -72,6 +72,21 @@ class SchedulingState:
     rng: random.Random
     start_results: Callable[[JobRecord], dict[str, Any]] = lambda job: {}
     new_job_id: str = ""
+    #: The population's size when ``members`` is a sample of it (see
+    #: :attr:`Scheduler.member_sample`); None when ``members`` is all of it.
+    size: int | None = None
+
+    @property
+    def population(self) -> int:
+        """How many members the experiment has (sampled or not)."""
+        return len(self.members) if self.size is None else self.size
+
+    @property
+    def next_index(self) -> int:
+        """The index a new member gets (members are numbered 0, 1, … as created)."""
+        if self.size is not None:
+            return self.size
+        return max((m.index for m in self.members), default=-1) + 1
 
 
 # -- what a decision says -------------------------------------------------------
@@ -170,6 +185,10 @@ class Scheduler(abc.ABC):
     arguments: ClassVar[tuple[str, ...]] = ()
     #: Seed of the decision's RNG (kinds that draw at random accept one).
     seed: int | None = None
+    #: A population larger than this is shown to a claim's decision as a
+    #: sample (see :meth:`sample_members`) instead of whole, so a claim's cost
+    #: does not grow with the population; None: always whole.
+    member_sample: int | None = None
 
     # -- configuration --------------------------------------------------------
     @classmethod
@@ -207,6 +226,20 @@ class Scheduler(abc.ABC):
         """The decision's RNG: drawn from ``seed`` and the claim count when seeded,
         so a single-worker run replays exactly."""
         return _UNSEEDED if self.seed is None else random.Random(f"{self.seed}:{claims}")
+
+    def sample_members(self, population: int, rng: random.Random) -> list[int] | None:
+        """The members (by index) a claim reads besides the ready member that
+        waited longest, which the backend always adds (and, when none is ready,
+        a member still running, if any): None for the whole population.
+
+        A uniform sample of :attr:`member_sample` members drawn with the
+        decision's RNG, so a seeded run replays exactly; populations up to
+        that size are read whole, unchanged.
+        """
+        k = self.member_sample
+        if k is None or population <= k:
+            return None
+        return sorted(rng.sample(range(population), k))
 
     def plan_claim(self, state: SchedulingState) -> ClaimPlan:
         """Decide, retiring hopeless members on the way, and say what to write."""

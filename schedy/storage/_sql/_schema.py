@@ -16,6 +16,13 @@ History:
    job, so a claim retried after its answer was lost returns the same job;
    an index on ``(experiment_id, parent_id)`` to find a job's children; the
    ``schedy_tokens`` table (server tokens, hashed, with their roles).
+4. Indexes for populations of thousands and fleets of workers:
+   ``ix_schedy_members_ready`` on ``(experiment_id, ended, busy_id,
+   ready_since, idx)``, so a claim finds the ready member that waited
+   longest with one index probe instead of reading the population, and
+   ``ix_schedy_jobs_exp_status_lease`` on ``(experiment_id, status,
+   lease_expires_at)``, so a claim finds the expired leases among
+   thousands of running jobs by a range, not by reading them all.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from sqlalchemy.engine import Connection
 __all__ = ["SCHEMA_VERSION", "create_or_migrate", "read_version"]
 
 #: Bump when the schema changes, and add a migration to ``MIGRATIONS``.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _metadata = sa.MetaData()
 
@@ -94,6 +101,8 @@ _jobs = sa.Table(
     sa.Index("ix_schedy_jobs_exp_score", "experiment_id", "score"),
     sa.Index("ix_schedy_jobs_exp_claim_key", "experiment_id", "claim_key"),
     sa.Index("ix_schedy_jobs_exp_parent", "experiment_id", "parent_id"),
+    # Schema 4: the expired leases are a range, however many jobs run.
+    sa.Index("ix_schedy_jobs_exp_status_lease", "experiment_id", "status", "lease_expires_at"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
@@ -114,6 +123,9 @@ _members = sa.Table(
     # Recent (generation, score) pairs along the member's lineage, so members
     # at different generations can be compared at equal training progress.
     sa.Column("history", sa.Text),
+    # Schema 4: the ready member that waited longest is the first entry of
+    # (ended = false, busy_id IS NULL) in this index.
+    sa.Index("ix_schedy_members_ready", "experiment_id", "ended", "busy_id", "ready_since", "idx"),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
@@ -148,10 +160,21 @@ def _add_claim_keys_and_tokens(connection: Connection) -> None:
     _tokens.create(connection, checkfirst=True)
 
 
+def _add_scale_indexes(connection: Connection) -> None:
+    for table, name in (
+        (_members, "ix_schedy_members_ready"),
+        (_jobs, "ix_schedy_jobs_exp_status_lease"),
+    ):
+        for index in table.indexes:
+            if index.name == name:
+                index.create(connection, checkfirst=True)
+
+
 #: version -> function upgrading a store from ``version - 1``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_start_results,
     3: _add_claim_keys_and_tokens,
+    4: _add_scale_indexes,
 }
 
 

@@ -265,6 +265,36 @@ MEMBER = Statement(
     "WHERE experiment_id = :experiment_id AND idx = :idx",
     MemberRecord,
 )
+#: The highest member index: members are numbered 0, 1, … as they are created,
+#: so this is the population's size minus one (a primary-key lookup, no scan).
+LAST_MEMBER = Statement("SELECT MAX(idx) FROM schedy_members WHERE experiment_id = :experiment_id")
+#: The ready member that waited longest (ix_schedy_members_ready: one index probe;
+#: the ORDER BY names the index's columns, or PostgreSQL, which does not take
+#: ``busy_id IS NULL`` as fixing busy_id's order, sorts the whole population).
+OLDEST_READY = Statement(
+    f"SELECT {_MEMBER_COLUMNS} FROM schedy_members WHERE experiment_id = :experiment_id "
+    "AND ended = :ended AND busy_id IS NULL ORDER BY ended, busy_id, ready_since, idx LIMIT 1",
+    MemberRecord,
+)
+#: Any member still live (with none ready: a running one), so a decision says Wait.
+A_LIVE_MEMBER = Statement(
+    f"SELECT {_MEMBER_COLUMNS} FROM schedy_members WHERE experiment_id = :experiment_id "
+    "AND ended = :ended LIMIT 1",
+    MemberRecord,
+)
+
+
+@functools.lru_cache(maxsize=16)
+def members_in(count: int) -> Statement:
+    """Members by index, ``count`` of them (``:i0``, ``:i1``, …): a sample's read."""
+    names = ", ".join(f":i{i}" for i in range(count))
+    return Statement(
+        f"SELECT {_MEMBER_COLUMNS} FROM schedy_members WHERE experiment_id = :experiment_id "
+        f"AND idx IN ({names})",
+        MemberRecord,
+    )
+
+
 _INSERT_MEMBER = Statement(
     "INSERT INTO schedy_members (experiment_id, idx, head_id, head_generation, score, busy_id, "
     "last_id, crashes, ended, ready_since, history) VALUES (:experiment_id, :index, :head_id, "

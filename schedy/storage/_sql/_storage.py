@@ -555,7 +555,8 @@ class SQLStorage(Storage):
             return Claim(None, reason=f"experiment {name!r} is DONE")
         by_experiment = {"experiment_id": exp_row.id}
         queued_row = sql.OLDEST_QUEUED.first(transaction, by_experiment)
-        members: list[MemberRecord] = sql.MEMBERS.rows(transaction, by_experiment)
+        rng = scheduler.rng(exp_row.claims)
+        members, size = self._members_for_claim(transaction, exp_row.id, scheduler, rng)
 
         # JSON text of the dicts decisions copy unchanged into a new job (a
         # continuation's hyperparameters, a copied member's results): written
@@ -584,11 +585,12 @@ class SQLStorage(Storage):
 
         state = SchedulingState(
             queued=None if queued_row is None else self._job_record(queued_row, name),
-            members=list(members),
+            members=members,
             load_job=load_job,
-            rng=scheduler.rng(exp_row.claims),
+            rng=rng,
             start_results=start_results,
             new_job_id=_new_job_id(),
+            size=size,
         )
         if scheduler.seed is not None:
             sql.COUNT_CLAIM.run(transaction, {"id": exp_row.id})
@@ -596,6 +598,32 @@ class SQLStorage(Storage):
         return self._apply(
             transaction, exp_row.id, name, plan, now, lease_seconds, stored_text, request_id
         )
+
+    @staticmethod
+    def _members_for_claim(
+        transaction: Transaction, experiment_id: int, scheduler: Scheduler, rng: Any
+    ) -> tuple[list[MemberRecord], int | None]:
+        """The members a claim's decision sees, and the population's size when
+        that is a sample (``Scheduler.sample_members``): then the ready member
+        that waited longest (or, none ready, a live one) and the sampled ones,
+        read by index -- a cost independent of the population's size."""
+        by_experiment = {"experiment_id": experiment_id}
+        if scheduler.member_sample is not None:
+            last = sql.LAST_MEMBER.first(transaction, by_experiment)
+            size = 0 if last is None or last[0] is None else int(last[0]) + 1
+            indices = scheduler.sample_members(size, rng)
+            if indices is not None:
+                live = dict(by_experiment, ended=False)
+                first = sql.OLDEST_READY.first(transaction, live) or sql.A_LIVE_MEMBER.first(
+                    transaction, live
+                )
+                params: dict[str, Any] = dict(by_experiment)
+                params.update((f"i{i}", index) for i, index in enumerate(indices))
+                sampled: list[MemberRecord] = sql.members_in(len(indices)).rows(transaction, params)
+                if first is not None and all(m.index != first.index for m in sampled):
+                    sampled.append(first)
+                return sampled, size
+        return sql.MEMBERS.rows(transaction, by_experiment), None
 
     def _expire_leases(
         self,
