@@ -24,7 +24,7 @@ from typing import Any
 from .. import _lineage
 from ._figures import View, figures, number
 
-__all__ = ["render"]
+__all__ = ["asset", "json_for_script", "page_parts", "plotly_js", "render"]
 
 #: Job table rows drawn at once (filtering and sorting run over all of them).
 TABLE_PAGE = 500
@@ -38,7 +38,8 @@ _CSP = (
 
 
 @cache
-def _asset(name: str) -> str:
+def asset(name: str) -> str:
+    """One of the page's scripts or its style sheet (``assets/``)."""
     return (resources.files(__package__) / "assets" / name).read_text(encoding="utf-8")
 
 
@@ -51,7 +52,7 @@ def plotly_js() -> str:
     return script
 
 
-def _json_for_script(value: Any) -> str:
+def json_for_script(value: Any) -> str:
     """JSON that is safe inside ``<script type="application/json">``: no ``<`` at all
     (``\\u003c`` reads the same to ``JSON.parse``), so no value can end the element."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
@@ -216,15 +217,17 @@ def _summary(data: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def render(data: Mapping[str, Any]) -> str:
-    """The report page for :func:`~schedy._report.report_data`'s ``data``: one
-    self-contained HTML document (a string).
+def page_parts(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The page's pieces, so that :func:`render` and the server's dashboard (which
+    swaps them in place as an experiment runs) lay out the same views.
 
-    Needs plotly (``pip install 'schedy[report]'``) for its JavaScript, which
-    is inlined; the page makes no request (its Content-Security-Policy
-    forbids it) and shows any script error at its top.
+    ``title`` and ``summary`` are text; ``nav``, ``body``, ``cards`` and ``best``
+    are HTML with every stored string escaped (``cards`` and ``best`` are also
+    inside ``body``: the summary cards' content and the best schedule's
+    section, ``""`` when there is none); ``figures`` are the plotly specs,
+    ``table`` the job table's spec for ``assets/table.js`` (None without
+    jobs), ``jobs`` the number of jobs.
     """
-    script = plotly_js()
     view = View(data)
     built = figures(data, view)
     name = data["experiment"]["name"]
@@ -246,11 +249,7 @@ def render(data: Mapping[str, Any]) -> str:
         )
     if not view.ids:
         sections.append('<section><p class="muted">This experiment has no job yet.</p></section>')
-    scripts = [
-        f'<script type="application/json" id="figures-data">{_json_for_script(built)}</script>',
-        f"<script>{script}</script>",
-        f"<script>{_asset('plots.js')}</script>",
-    ]
+    spec = None
     if view.ids:
         spec = _table_spec(view)
         nav.append(("jobs-section", "Jobs"))
@@ -267,21 +266,52 @@ def render(data: Mapping[str, Any]) -> str:
             f'<div class="tablewrap"><table id="jobs"><thead><tr>{head}</tr></thead>'
             "<tbody></tbody></table></div></section>"
         )
+    cards = _cards(view)
+    return {
+        "title": name,
+        "summary": _summary(data),
+        "nav": "".join(f'<a href="#{key}">{html.escape(label)}</a>' for key, label in nav),
+        "cards": cards,
+        "best": best,
+        "body": f'<div class="cards">{cards}</div>' + "".join(sections),
+        "figures": built,
+        "table": spec,
+        "jobs": len(view.ids),
+    }
+
+
+def render(data: Mapping[str, Any]) -> str:
+    """The report page for :func:`~schedy._report.report_data`'s ``data``: one
+    self-contained HTML document (a string).
+
+    Needs plotly (``pip install 'schedy[report]'``) for its JavaScript, which
+    is inlined; the page makes no request (its Content-Security-Policy
+    forbids it) and shows any script error at its top.
+    """
+    script = plotly_js()
+    parts = page_parts(data)
+    scripts = [
+        f'<script type="application/json" id="figures-data">'
+        f"{json_for_script(parts['figures'])}</script>",
+        f"<script>{script}</script>",
+        f"<script>{asset('plots.js')}</script>",
+    ]
+    if parts["table"] is not None:
         scripts.append(
-            f'<script type="application/json" id="table-data">{_json_for_script(spec)}</script>'
+            f'<script type="application/json" id="table-data">'
+            f"{json_for_script(parts['table'])}</script>"
         )
-        scripts.append(f"<script>{_asset('table.js')}</script>")
-    links = "".join(f'<a href="#{key}">{html.escape(label)}</a>' for key, label in nav)
+        scripts.append(f"<script>{asset('table.js')}</script>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{html.escape(name)} · schedy report</title>"
-        f"<style>{_asset('report.css')}</style><script>{_asset('errors.js')}</script></head>"
-        f"<body><header><h1>{html.escape(name)}</h1>"
-        f'<div class="sub">{html.escape(_summary(data))}</div></header><nav>{links}</nav>'
-        f'<main><div id="report-errors"></div><div class="cards">{_cards(view)}</div>'
-        + "".join(sections)
-        + f"<footer>schedy report · {len(view.ids):,} jobs · one file, works offline</footer>"
+        f"<title>{html.escape(parts['title'])} · schedy report</title>"
+        f"<style>{asset('report.css')}</style><script>{asset('errors.js')}</script></head>"
+        f"<body><header><h1>{html.escape(parts['title'])}</h1>"
+        f'<div class="sub">{html.escape(parts["summary"])}</div></header>'
+        f"<nav>{parts['nav']}</nav>"
+        f'<main><div id="report-errors"></div>{parts["body"]}'
+        f"<footer>schedy report · {parts['jobs']:,} jobs · one file, works offline</footer>"
         "</main>" + "".join(scripts) + "</body></html>\n"
     )

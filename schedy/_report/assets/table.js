@@ -1,8 +1,9 @@
 // The job table: rows come as JSON (#table-data); a click on a header sorts by that
 // column (again: the other way round), the text box and the status menu filter.
 // Only the first `page` matching rows are drawn, so 10,000 jobs stay quick.
-(function () {
-  var spec = JSON.parse(document.getElementById('table-data').textContent);
+// schedyTable(spec) wires the table up; its update(spec) swaps the rows in place and
+// keeps the reader's sort and filter (the dashboard's updates).
+window.schedyTable = function (spec) {
   var cols = spec.columns, rows = spec.rows, page = spec.page, best = spec.best;
   var table = document.getElementById('jobs');
   var head = table.tHead.rows[0], body = table.tBodies[0];
@@ -59,4 +60,21 @@
   filter.addEventListener('input', draw);
   status.addEventListener('change', draw);
   draw();
+  return {update: function (next) {
+    rows = next.rows; best = next.best;
+    var known = Array.prototype.map.call(status.options, function (o) { return o.value; });
+    rows.forEach(function (r) {
+      if (known.indexOf(r[1]) < 0) {
+        known.push(r[1]);
+        var option = document.createElement('option');
+        option.value = option.textContent = r[1];
+        status.appendChild(option);
+      }
+    });
+    draw();
+  }};
+};
+(function () {
+  var data = document.getElementById('table-data');
+  window.schedyJobs = data ? window.schedyTable(JSON.parse(data.textContent)) : null;
 })();
