@@ -217,9 +217,14 @@ INSERT_JOB = Statement(
     ":hyperparameters, :results, :member, :generation, :parent_id, :exploited_from, "
     ":lease_token, :lease_expires_at, :created_at, :updated_at, :start_results, :claim_key)"
 )
+#: The job a claim made, the latest first (a retried claim returns it rather
+#: than making another). Only (experiment_id, claim_key) in the WHERE: with
+#: ``status = 'RUNNING'`` too, SQLite and PostgreSQL walked every RUNNING job
+#: -- a fleet's worth -- by ix_schedy_jobs_exp_status_seq instead of probing
+#: ix_schedy_jobs_exp_claim_key; the caller checks that the job still runs.
 CLAIMED_BY = Statement(
     f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE experiment_id = :experiment_id "
-    "AND claim_key = :claim_key AND status = 'RUNNING' ORDER BY seq DESC LIMIT 1",
+    "AND claim_key = :claim_key ORDER BY seq DESC LIMIT 1",
     JobRow,
 )
 CHILD = Statement(

@@ -547,7 +547,7 @@ class SQLStorage(Storage):
             row = sql.CLAIMED_BY.first(
                 transaction, {"experiment_id": exp_row.id, "claim_key": request_id}
             )
-            if row is not None:
+            if row is not None and row.status == JobStatus.RUNNING.value:
                 record = self._job_record(row, name)
                 record.lease_token = row.lease_token
                 return Claim(record)
