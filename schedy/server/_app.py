@@ -52,6 +52,7 @@ from ..errors import NotFoundError, SchedyError
 from ..storage._base import Storage
 from ..storage._http import HTTPStorage
 from ._auth import DEFAULT_CACHE_SECONDS, Authenticator
+from ._dashboard import add_dashboard, is_dashboard_path
 from ._guard import DEFAULT_MAX_BODY_BYTES, Access, Guard
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "create_app", "serve"]
@@ -177,6 +178,7 @@ def create_app(
         rules=rules,
         max_body_bytes=max_body_bytes,
         scrub=scrub,
+        pages=is_dashboard_path,
     )
 
     @app.exception_handler(SchedyError)
@@ -359,6 +361,8 @@ def create_app(
     def members(experiment: ExperimentName) -> Any:
         """The population summary."""
         return JSONText([_wire.encode_member(m) for m in storage.get_members(experiment)])
+
+    add_dashboard(app, storage, authenticator)  # the pages at / (none in the OpenAPI document)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -97,6 +97,9 @@ class Authenticator:
             raise ValueError(f"token_cache_seconds must be >= 0, not {cache_seconds!r}")
         self._storage = storage
         self._bootstrap = None if bootstrap is None else check_bootstrap_token(bootstrap).encode()
+        self._bootstrap_digest = (
+            None if self._bootstrap is None else _wire.hash_secret(self._bootstrap.decode())
+        )
         self._looks_up, stored = _keeps_tokens(storage)
         self.required = self._bootstrap is not None or stored
         self._cache_seconds = cache_seconds
@@ -111,9 +114,23 @@ class Authenticator:
             return None
         if self._bootstrap is not None and secrets.compare_digest(secret, self._bootstrap):
             return TokenRole.ADMIN
+        return await self._stored_role(_wire.hash_secret(secret.decode("ascii")))
+
+    async def role_of_digest(self, digest: str) -> TokenRole | None:
+        """The role of the token whose secret hashes to ``digest``, or None: what a
+        dashboard session (which keeps the digest, never the secret) checks, so a
+        revoked token ends its sessions as it ends its bearer calls."""
+        if not self.required:
+            return TokenRole.ADMIN
+        if self._bootstrap_digest is not None and secrets.compare_digest(
+            digest, self._bootstrap_digest
+        ):
+            return TokenRole.ADMIN
+        return await self._stored_role(digest)
+
+    async def _stored_role(self, digest: str) -> TokenRole | None:
         if not self._looks_up:
             return None
-        digest = _wire.hash_secret(secret.decode("ascii"))
         now = _clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:

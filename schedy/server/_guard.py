@@ -72,6 +72,8 @@ class Access(NamedTuple):
 
 #: A path and method no route has: any valid token, then the router's 404 or 405.
 _UNKNOWN = Access(TokenRole.READ, "call this")
+#: A dashboard path: its routes check the sign-in cookie themselves.
+_PAGE = Access(None, "")
 
 
 def describe_size(size: int) -> str:
@@ -164,8 +166,13 @@ class Guard:
         rules: dict[tuple[str, str], Access],
         max_body_bytes: int,
         scrub: Callable[[str], str] = str,
+        pages: Callable[[str], bool] | None = None,
     ) -> None:
         self.app = app
+        # Paths of the dashboard (``_dashboard``): its routes check a sign-in
+        # cookie themselves, so no bearer token is asked for here; the API never
+        # reads that cookie.
+        self._pages = pages
         self._authenticator = authenticator
         self._rules = rules
         self._max_body_bytes = max_body_bytes
@@ -197,6 +204,8 @@ class Guard:
         method = scope["method"]
         path = _route_path(scope)
         access = self._rules.get(("GET" if method == "HEAD" else method, path), _UNKNOWN)
+        if self._pages is not None and self._pages(path):
+            access = _PAGE
         if access.role is not None:
             role = await self._authenticator.role(_header(scope, b"authorization"))
             if role is None:
