@@ -20,6 +20,15 @@ the job's results and pushes them::
             report(job, {'val_acc': evaluate(model)}, epoch=epoch + 1)
         save(job, model, optimizer, scheduler, epoch=epoch + 1)
 
+A member trained over several GPUs (torchrun, DDP) gets its jobs with
+:func:`distributed_jobs` on every rank: rank 0 claims each job and the other
+ranks train the same one, while ``report`` and ``save`` store only from rank
+0 (see :mod:`schedy.integrations._distributed`)::
+
+    for job in distributed_jobs(experiment):   # every rank, in step
+        with job:
+            ...  # the loop above, unchanged
+
 Checkpoints are plain ``torch.save`` dicts (``model``, ``optimizer``,
 ``scheduler``, ``counters`` and ``schedy``: the job id and hyperparameters
 they were trained with), loaded with ``weights_only=True`` by default so
@@ -31,8 +40,8 @@ a missing checkpoint).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 try:
     import torch
@@ -44,7 +53,7 @@ except ImportError as error:  # pragma: no cover - exercised only without torch
 from torch.optim.lr_scheduler import LRScheduler
 
 from .. import _values
-from . import _core
+from . import _core, _distributed
 from ._core import (
     MODEL_PATH_KEY,
     SCHEDULED_PARAMS,
@@ -58,12 +67,20 @@ from ._core import (
     to_float,
     update_param_group,
 )
+from ._distributed import ReplicaJob
 from ._files import atomic_write, local_copy
+
+if TYPE_CHECKING:
+    from ..experiments import Experiment
+    from ..jobs import Job
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
+    "ReplicaJob",
     "apply_hyperparameters",
     "apply_optimizer_values",
+    "distributed_jobs",
+    "distributed_next_job",
     "report",
     "restore",
     "save",
@@ -199,9 +216,14 @@ def save(
     ``./checkpoints``; it must be readable by every worker (a shared folder
     or an fsspec URL). ``counters`` (JSON values, e.g. ``epoch=3``) come back
     from :func:`restore`. Local files are replaced atomically, so a worker
-    killed mid-save leaves no truncated checkpoint behind.
+    killed mid-save leaves no truncated checkpoint behind. On a rank other
+    than 0 of a distributed job (a :class:`ReplicaJob`) nothing is written:
+    rank 0 saves the same model.
     """
     path = checkpoint_path(checkpoint_dir, job.id, CHECKPOINT_SUFFIX)
+    if _distributed.is_replica(job):  # rank 0 writes the one checkpoint of a distributed job
+        job.results[MODEL_PATH_KEY] = path
+        return path
     checkpoint: dict[str, Any] = {
         "model": model.state_dict(),
         "counters": {
@@ -244,6 +266,41 @@ def report(
     if push:
         job.put()
     return values
+
+
+def distributed_next_job(
+    experiment: Experiment, timeout: float | None = None, lease: float | None = None
+) -> Job | ReplicaJob:
+    """``experiment.next_job()`` for a member trained by several ranks: call it on every rank.
+
+    Rank 0 claims the job and holds its lease; every other rank gets a
+    :class:`ReplicaJob` with the same id, hyperparameters, results (so the
+    same ``model_path`` to restore) and budget, sent over torch.distributed's
+    default process group (initialised from torchrun's environment if it is
+    not yet; under Lightning's own DDP launcher the first job reaches the
+    ranks it starts through their environment, and ``SchedyCallback``
+    checks it). Rank 0's :class:`~schedy.errors.NoJobError` (the experiment
+    is done) is raised on every rank. Use it as ``with ... as job:`` on every
+    rank: rank 0 ends the job, the others' ``with`` and ``put`` store nothing.
+    """
+    return _distributed.next_job(experiment, timeout, lease)
+
+
+def distributed_jobs(
+    experiment: Experiment, timeout: float | None = None, lease: float | None = None
+) -> Iterator[Job | ReplicaJob]:
+    """``experiment.jobs()`` for a member trained by several ranks: every rank loops in step.
+
+    Each job as :func:`distributed_next_job` gives it, until nothing can come
+    (then the loop ends on every rank)::
+
+        for job in distributed_jobs(experiment):
+            with job:
+                model = Net(**job.hyperparameters)
+                start = restore(job, model, optimizer).get('epoch', 0)
+                ...  # train; report(job, ...) and save(job, ...) store from rank 0 only
+    """
+    return _distributed.jobs(experiment, timeout, lease)
 
 
 def _load(path: str, map_location: Any, weights_only: bool, job: JobLike) -> dict[str, Any]:
