@@ -24,11 +24,12 @@ data, so each callback stays a thin layer of hooks:
   :mod:`schedy.integrations._checkpoints`');
 - reporting: :func:`record_epoch` (latest values, ``epoch``/``step`` and the
   per-epoch ``history`` in ``job.results``);
-- :class:`JobCallback`: what the Lightning and Keras callbacks share -- their
-  arguments, checked once, the per-job state, the epoch budget, the
-  per-epoch metrics and the monitor requirement, the state saved with a
-  checkpoint and what follows a save -- so each keeps only the hooks of its
-  framework.
+- :class:`JobCallback`: what the Lightning, Keras and Transformers callbacks
+  share -- their arguments, checked once, the per-job state, the epoch
+  budget, the per-epoch metrics and the monitor requirement, the state saved
+  with a checkpoint and what follows a save (recording ``model_path``,
+  pruning, logging the job to its ``trackers=``) -- so each keeps only the
+  hooks of its framework.
 
 Nothing here imports torch, Lightning or Keras; values are duck-typed
 (anything with ``.item()``/``__float__`` is a number). Imports go one way:
@@ -60,12 +61,14 @@ __all__ = [
     "STEP_KEY",
     "JobCallback",
     "JobLike",
+    "JobTracker",
     "MissingMetricError",
     "OptimizerMapping",
     "PathLike",
     "budget_decision",
     "check_epochs_per_job",
     "check_monitor",
+    "check_trackers",
     "checkpoint_dir",
     "checkpoint_path",
     "extract_metrics",
@@ -126,6 +129,13 @@ class JobLike(Protocol):
     def results(self) -> dict[str, Any]: ...
 
     def put(self) -> None: ...
+
+
+class JobTracker(Protocol):
+    """What a callback's ``trackers=`` take: :class:`~schedy.integrations.trackers.TensorBoard`,
+    :class:`~schedy.integrations.trackers.MLflow`, or anything with ``log_job(job)``."""
+
+    def log_job(self, job: Any) -> bool: ...
 
 
 class MissingMetricError(SchedyError, KeyError, ValueError):
@@ -217,6 +227,27 @@ def monitored_value(metrics: Mapping[str, float], monitor: str, hint: str = "") 
     if monitor not in metrics:
         raise MissingMetricError(monitor, metrics, hint)
     return metrics[monitor]
+
+
+def check_trackers(trackers: Any) -> tuple[JobTracker, ...]:
+    """Validate a callback's ``trackers=``: None, one tracker, or several."""
+    if trackers is None:
+        return ()
+    candidates = (
+        [trackers]
+        if callable(getattr(trackers, "log_job", None))
+        or isinstance(trackers, (str, bytes))
+        or not isinstance(trackers, Iterable)
+        else list(trackers)
+    )
+    for tracker in candidates:
+        if not callable(getattr(tracker, "log_job", None)):
+            raise TypeError(
+                "trackers= takes experiment trackers (schedy.integrations.trackers.TensorBoard"
+                "('tb/NAME') or MLflow('sqlite:///mlflow.db'), or anything with a "
+                f"log_job(job) method), one or a list of them, not {tracker!r}"
+            )
+    return tuple(candidates)
 
 
 # -- epoch budget ----------------------------------------------------------
@@ -620,6 +651,8 @@ class JobCallback:
         epochs_per_job: int,
         directory: PathLike | None,
         optimizer_hyperparameters: OptimizerMapping | None,
+    #: Where each job is logged once it has trained and saved (``trackers=``).
+    trackers: tuple[JobTracker, ...]
         keep_top_k: int | None,
         suffix: str,
     ) -> None:
@@ -630,10 +663,12 @@ class JobCallback:
         self.keep_top_k = check_keep_top_k(keep_top_k)
         self.optimizer_hyperparameters = optimizer_hyperparameters
         self.optimizer_values = self._optimizer_names(
+        trackers: Any = None,
             optimizer_values(job.hyperparameters, optimizer_hyperparameters)
         )
         self.checkpoint_dir = checkpoint_dir(directory)
-        self.checkpoint_path = checkpoint_path(self.checkpoint_dir, job.id, suffix)
+        self.trackers = check_trackers(trackers)
+        self.checkpoint_path = checkpoint_path(directory, job.id, suffix)
         self._reset()
 
     def _optimizer_names(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -718,7 +753,30 @@ class JobCallback:
         return None if previous is None else self._optimizer_names(previous)
 
     def _checkpoint_saved(self) -> None:
-        """After saving: record the checkpoint as the job's ``model_path``, push, prune."""
+        """After saving (a job's last act, on one process): record the checkpoint
+        as the job's ``model_path``, push, prune, log the job to its trackers."""
         self.job.results[MODEL_PATH_KEY] = self.checkpoint_path
         self.job.put()
         prune_after_save(self.job, self.checkpoint_dir, self.keep_top_k)
+        self._log_to_trackers()
+
+    def _log_to_trackers(self) -> None:
+        """Log the job that just ended to each tracker.
+
+        A tracker that fails (a tracking server away, a deleted MLflow
+        experiment) is reported in a warning, not raised: the job trained and
+        saved, and crashing it now would throw that away and retry the same
+        training; ``schedy export`` logs what was missed later (it skips what
+        is there).
+        """
+        for tracker in self.trackers:
+            try:
+                tracker.log_job(self.job)
+            except Exception as error:  # any tracker failure, see above
+                where = getattr(tracker, "destination", repr(tracker))
+                warnings.warn(
+                    f"job {self.job.id} was not logged to {where}: {type(error).__name__}: "
+                    f"{error}. Training goes on; `schedy export NAME` logs the jobs missed "
+                    "(it skips those already there)",
+                    stacklevel=2,
+                )

@@ -47,6 +47,7 @@ __all__ = [
     "Point",
     "StepAxis",
     "check_step_axis",
+    "job_folder",
     "job_log",
     "run_name",
 ]
@@ -121,7 +122,29 @@ def run_name(member: int | None, root_id: str) -> str:
     ``job_<root id>`` for a job without a member (random search, manual)."""
     if member is not None:
         return f"member_{member:03d}"
-    return f"job_{re.sub(r'[^A-Za-z0-9_.-]', '_', root_id)}"
+    return f"job_{_safe(root_id)}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
+
+
+def job_folder(job: Any) -> str:
+    """``<experiment>/member_003/job_<id>``: where a framework's own logger writes one job.
+
+    A member's jobs group under its run (named as :func:`run_name` names the
+    trackers' runs), and each job stays apart, so a run ties to its job; a job
+    without a member is ``<experiment>/job_<id>``.
+    """
+    parts = []
+    experiment = getattr(getattr(job, "experiment", None), "name", None)
+    if isinstance(experiment, str) and experiment:
+        parts.append(_safe(experiment))
+    member = getattr(job, "member", None)
+    if isinstance(member, int) and not isinstance(member, bool):
+        parts.append(run_name(member, job.id))
+    parts.append(f"job_{_safe(str(job.id))}")
+    return "/".join(parts)
 
 
 def _number(value: Any) -> float | None:

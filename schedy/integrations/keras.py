@@ -56,7 +56,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 try:
@@ -79,6 +79,7 @@ from . import _core
 from ._core import (
     MODEL_PATH_KEY,
     JobLike,
+    JobTracker,
     MissingMetricError,
     OptimizerMapping,
     PathLike,
@@ -131,6 +132,10 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         keep_top_k: after saving, delete the checkpoints of the experiment in
             ``checkpoint_dir`` that no job may continue from, keeping those of
             the ``keep_top_k`` best jobs too; ``None`` keeps everything.
+        trackers: a :class:`~schedy.integrations.trackers.TensorBoard` or
+            :class:`~schedy.integrations.trackers.MLflow` (or a list of them)
+            each job is logged to once it has trained and saved: one run per
+            member, hyperparameters as step-indexed metrics, exploits marked.
             Needs a job from a store (a ``job.experiment``).
 
     Re-applying follows :func:`schedy.integrations._core.update_param_group`:
@@ -153,6 +158,7 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         checkpoint_dir: PathLike | None = None,
         optimizer_hyperparameters: OptimizerMapping | None = None,
         keep_top_k: int | None = 1,
+        trackers: JobTracker | Iterable[JobTracker] | None = None,
     ) -> None:
         super().__init__()
         self._take_job(
@@ -163,6 +169,7 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
             optimizer_hyperparameters,
             keep_top_k,
             CHECKPOINT_SUFFIX,
+            trackers,
         )
 
     def _reset(self) -> None:

@@ -24,12 +24,17 @@ For each job the callback
 4. reports every logged metric (latest values, ``epoch``, ``step`` and a
    per-epoch ``history``) into ``job.results`` and pushes it after each epoch;
 5. saves ``<checkpoint_dir>/<job id>.ckpt`` with ``trainer.save_checkpoint``
-   and records it as ``job.results['model_path']`` for the next job.
+   and records it as ``job.results['model_path']`` for the next job;
+6. logs the job to its ``trackers=`` (TensorBoard, MLflow), if any.
 
-With ``strategy='ddp'`` over several devices, get the jobs with
-``distributed_jobs(experiment)`` (or ``distributed_next_job``) on every rank:
-rank 0 claims each job, the other ranks train the same one, and the callback
-reports and saves from rank 0 only.
+Lightning's own defaults are fitted to it (see
+:mod:`schedy.integrations._lightning_defaults`): the default logger writes
+``lightning_logs/<experiment>/member_003/job_<id>/`` instead of a numbered
+``version_N``, with the step going on across a member's jobs, and the
+default ``ModelCheckpoint`` -- an unpruned copy of schedy's checkpoint per
+job -- is off; a logger or ``ModelCheckpoint`` the user configured is left
+alone. A SIGTERM (preemption) ends the job as ``"preempted"`` at the next
+batch even when Lightning's own SIGTERM handler stands in front of schedy's.
 
 Works with ``lightning`` and ``pytorch_lightning`` alike: the callback is an
 instance of the ``Callback`` class of each of them that is imported.
@@ -42,25 +47,27 @@ import importlib
 import logging
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import _core, _distributed
-from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
+from ..jobs import Preempted
+from . import _core, _lightning_defaults
+from ._core import (
+    MODEL_PATH_KEY,
+    JobLike,
+    JobTracker,
+    MissingMetricError,
+    OptimizerMapping,
+    PathLike,
+)
 from ._files import missing_checkpoint
-from .torch import apply_optimizer_values, distributed_jobs, distributed_next_job
+from .torch import apply_optimizer_values
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from lightning.pytorch import Callback as _CallbackBase
 
-__all__ = [
-    "CHECKPOINT_SUFFIX",
-    "MissingMetricError",
-    "SchedyCallback",
-    "distributed_jobs",
-    "distributed_next_job",
-]
+__all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +135,10 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         keep_top_k: after saving, delete the experiment's checkpoints in
             ``checkpoint_dir`` that no job can need any more, keeping those of
             the ``keep_top_k`` best jobs too; ``None`` keeps everything.
+        trackers: a :class:`~schedy.integrations.trackers.TensorBoard` or
+            :class:`~schedy.integrations.trackers.MLflow` (or a list of them)
+            each job is logged to once it has trained and saved: one run per
+            member, hyperparameters as step-indexed metrics, exploits marked.
 
     If ``trainer.fit(..., ckpt_path=...)`` is given, that checkpoint is
     restored (by Lightning) instead of the job's; hyperparameters are
@@ -163,6 +174,7 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         checkpoint_dir: PathLike | None = None,
         optimizer_hyperparameters: OptimizerMapping | None = None,
         keep_top_k: int | None = 1,
+        trackers: JobTracker | Iterable[JobTracker] | None = None,
     ) -> None:
         super().__init__()
         self._take_job(
@@ -173,6 +185,7 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
             optimizer_hyperparameters,
             keep_top_k,
             CHECKPOINT_SUFFIX,
+            trackers,
         )
 
     def _reset(self) -> None:
@@ -191,15 +204,31 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
             self._reset()
             if trainer.world_size > 1:
                 self._check_one_job(trainer)
+            _lightning_defaults.name_default_logger(trainer, self.job)
+            _lightning_defaults.drop_default_checkpoint(trainer, self.job)
 
     def _check_one_job(self, trainer: pl.Trainer) -> None:
-        """Under DDP every rank must train rank 0's job: hand its values to all, refuse otherwise.
+        """Under DDP every process must hold the same job; refuse on all ranks otherwise.
 
-        Ranks that got the job from ``distributed_jobs`` hold it; ranks that
-        each ran ``experiment.next_job()`` hold jobs of their own and are
-        refused, all together (see :func:`schedy.integrations._distributed.agree`).
+        With ``strategy='ddp'`` Lightning re-runs the script for each extra
+        device, so each process calls ``next_job()`` and claims a job of its
+        own: left alone, one model would train with several jobs'
+        hyperparameters and every job but rank 0's would end DONE without
+        results. All ranks agree before raising, so none hangs in a collective.
         """
-        _distributed.agree(self.job, trainer.strategy, trainer.global_rank, trainer.world_size)
+        strategy = trainer.strategy
+        first = strategy.broadcast(self.job.id, src=0)
+        if strategy.reduce_boolean_decision(first == self.job.id, all=True):
+            return
+        raise RuntimeError(
+            f"SchedyCallback: the {trainer.world_size} DDP processes of this Trainer hold "
+            f"different jobs (this one, rank {trainer.global_rank}, job {self.job.id}; rank 0 "
+            f"job {first}; one or more differ): each process ran experiment.next_job() and "
+            "claimed its own. "
+            "schedy trains one job per process: use Trainer(devices=1) and one worker per "
+            "GPU (`schedy worker NAME --workers N -- python train.py`, or "
+            "schedy.run_workers), which gives each worker its own GPU."
+        )
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Optimizers and schedulers exist from here on; Lightning itself
@@ -257,11 +286,22 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         # run before LightningModule.on_train_epoch_end, whose metrics would be missed.
         self._report(trainer, final=False)
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        _end_if_preempted(trainer)
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any
+    ) -> None:
+        _end_if_preempted(trainer)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._validated = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _end_if_preempted(trainer)
         epochs_completed = trainer.current_epoch + 1
         self._pending = (epochs_completed, trainer.global_step)
         should_stop, reason = self.budget_decision(epochs_completed)
@@ -346,6 +386,22 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
                 stacklevel=2,
             )
         logger.info("job %s: restored %s at epoch %d", self.job.id, path, trainer.current_epoch)
+
+
+def _end_if_preempted(trainer: pl.Trainer) -> None:
+    """Raise :class:`schedy.jobs.Preempted` once Lightning has seen a SIGTERM.
+
+    Inside ``with job:`` schedy's SIGTERM handler raises it at once, and
+    Lightning's own handler calls it. When schedy's is not in that chain (a
+    SIGTERM handler was there before the job started), Lightning alone would
+    only stop at the end of the epoch -- maybe past the grace period before
+    SIGKILL, leaving the job RUNNING until its lease runs out -- and end it
+    as a plain crash. Raised here, at the next batch, it ends the job as
+    "preempted" and its member resumes elsewhere at once. With several
+    processes Lightning's own synchronized stop is left to work.
+    """
+    if trainer.received_sigterm and trainer.world_size == 1:
+        raise Preempted()
 
 
 _variants: dict[type, type] = {}

@@ -72,7 +72,7 @@ import random
 import tarfile
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -85,7 +85,14 @@ except ImportError as error:  # pragma: no cover - exercised only without them
     ) from error
 
 from . import _core
-from ._core import MODEL_PATH_KEY, JobLike, MissingMetricError, OptimizerMapping, PathLike
+from ._core import (
+    MODEL_PATH_KEY,
+    JobLike,
+    JobTracker,
+    MissingMetricError,
+    OptimizerMapping,
+    PathLike,
+)
 from ._files import atomic_write, local_copy
 from .torch import apply_optimizer_values
 
@@ -311,6 +318,10 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         keep_top_k: after saving, delete the experiment's checkpoints in
             ``checkpoint_dir`` that no job can need any more, keeping those of
             the ``keep_top_k`` best jobs too; ``None`` keeps everything.
+        trackers: a :class:`~schedy.integrations.trackers.TensorBoard` or
+            :class:`~schedy.integrations.trackers.MLflow` (or a list of them)
+            each job is logged to once it has trained and saved: one run per
+            member, hyperparameters as step-indexed metrics, exploits marked.
 
     Restoring needs the checkpoint passed to ``trainer.train`` -- :func:`train`
     or :meth:`resume_checkpoint` do it. Without a checkpoint (a fresh job) the
@@ -337,6 +348,7 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         checkpoint_dir: PathLike | None = None,
         optimizer_hyperparameters: OptimizerMapping | None = None,
         keep_top_k: int | None = 1,
+        trackers: JobTracker | Iterable[JobTracker] | None = None,
     ) -> None:
         super().__init__()
         if epochs_per_job is not None and steps_per_job is not None:
@@ -364,6 +376,7 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
             mapping,
             keep_top_k,
             CHECKPOINT_SUFFIX,
+            trackers,
         )
         self._resume: tuple[str, dict[str, Any]] | None = None
 

@@ -416,6 +416,7 @@ class HintedCallback(_core.JobCallback):
             options.get("optimizer_hyperparameters"),
             options.get("keep_top_k", 1),
             ".ckpt",
+            options.get("trackers"),
         )
 
 
@@ -552,3 +553,49 @@ def test_settings_named_like_the_optimizers_are_picked_up() -> None:
         {"momentum": None},
     )
     assert values == {"lr": 0.1, "weight_decay": 0.01}
+
+
+class RecordingTracker:
+    """Records the jobs it was given; raises ``error`` instead when set."""
+
+    destination = "a test tracker"
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.logged: list[Any] = []
+
+    def log_job(self, job: Any) -> bool:
+        if self.error is not None:
+            raise self.error
+        self.logged.append((job.id, dict(job.results)))
+        return True
+
+
+def test_check_trackers() -> None:
+    one, two = RecordingTracker(), RecordingTracker()
+    assert _core.check_trackers(None) == ()
+    assert _core.check_trackers(one) == (one,)
+    assert _core.check_trackers([one, two]) == (one, two)
+    for bad in ("tb/my-experiment", object(), [one, 3]):
+        with pytest.raises(TypeError, match=r"trackers= takes experiment trackers .*TensorBoard"):
+            _core.check_trackers(bad)
+
+
+def test_a_saved_job_is_logged_to_each_tracker(make_job: Any, tmp_path: Any) -> None:
+    job = make_job("j")
+    first, second = RecordingTracker(), RecordingTracker()
+    HintedCallback(job, checkpoint_dir=tmp_path, trackers=[first, second])._checkpoint_saved()
+    expected = [("j", {"model_path": str(tmp_path / "j.ckpt")})]  # after model_path is recorded
+    assert first.logged == second.logged == expected
+
+
+def test_a_failing_tracker_is_a_warning_not_a_crash(make_job: Any, tmp_path: Any) -> None:
+    broken, working = RecordingTracker(ConnectionError("refused")), RecordingTracker()
+    callback = HintedCallback(make_job("j"), checkpoint_dir=tmp_path, trackers=[broken, working])
+    with pytest.warns(
+        UserWarning,
+        match=r"job j was not logged to a test tracker: .*refused.*"
+        r"schedy export",
+    ):
+        callback._checkpoint_saved()
+    assert [job_id for job_id, _ in working.logged] == ["j"]

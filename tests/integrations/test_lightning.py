@@ -253,6 +253,8 @@ def stub_trainer(**attributes: Any) -> Any:
         "ckpt_path": None,
         "optimizers": [],
         "lr_scheduler_configs": [],
+        "received_sigterm": False,
+        "world_size": 1,
     }
     defaults.update(attributes)
     return SimpleNamespace(**defaults)
@@ -319,6 +321,41 @@ def test_other_ranks_do_not_report(make_job: Job) -> None:
     callback.on_train_epoch_start(trainer, NO_MODULE)
     assert job.results == {}
     assert job.pushed == []
+
+
+class StubDDPStrategy:
+    """Rank 0's job id and whether every rank agreed, as DDP's collectives return them."""
+
+    def __init__(self, first_job: str, all_agree: bool) -> None:
+        self.first_job, self.all_agree = first_job, all_agree
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        return self.first_job
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        return decision and self.all_agree
+
+
+@pytest.mark.parametrize(
+    ("rank", "first_job", "all_agree", "refused"),
+    [
+        (1, "j", True, False),  # every rank holds the job (ddp_spawn, or handed over)
+        (1, "k", False, True),  # this rank claimed a job of its own
+        (0, "j", False, True),  # rank 0 agrees with itself; another rank does not
+    ],
+)
+def test_ddp_ranks_must_hold_one_job(
+    make_job: Job, rank: int, first_job: str, all_agree: bool, refused: bool
+) -> None:
+    callback = SchedyCallback(make_job("j"), "val_acc")
+    trainer = stub_trainer(
+        world_size=2, global_rank=rank, strategy=StubDDPStrategy(first_job, all_agree)
+    )
+    if not refused:
+        callback.setup(trainer, NO_MODULE, "fit")
+        return
+    with pytest.raises(RuntimeError, match=r"hold different jobs .* one worker per GPU"):
+        callback.setup(trainer, NO_MODULE, "fit")
 
 
 def test_on_train_end_saves_and_records_the_checkpoint(make_job: Job, tmp_path: Path) -> None:
@@ -571,6 +608,86 @@ def test_pytorch_lightning_trainer(make_job: Job, tmp_path: Path) -> None:
     assert_same_tensors(probe.start_weights, saved_weights(first.results["model_path"]))
 
 
+_DDP_WORKER = """
+import sys
+import lightning.pytorch as pl
+import torch
+import schedy
+from schedy.integrations.lightning import SchedyCallback
+
+
+class Net(pl.LightningModule):
+    def __init__(self, lr):
+        super().__init__()
+        self.lr, self.layer = lr, torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, index):
+        inputs, targets = batch
+        return torch.nn.functional.mse_loss(self.layer(inputs), targets)
+
+    def validation_step(self, batch, index):
+        inputs, targets = batch
+        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(inputs), targets))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+inputs = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+data = torch.utils.data.TensorDataset(inputs, inputs.sum(1, keepdim=True))
+experiment = schedy.SchedyDB(sys.argv[1]).get_experiment("ddp")
+with experiment.next_job() as job:  # each DDP process runs this line
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=10, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+        callbacks=[SchedyCallback(job, "val_loss", checkpoint_dir=sys.argv[2])],
+    )
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    trainer.fit(Net(job.hyperparameters["lr"]), loader, loader)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_processes_that_claimed_their_own_jobs_are_refused(tmp_path: Path) -> None:
+    # Lightning's strategy='ddp' re-runs the script per device: every process
+    # claims a job. Silently, one model would train with two jobs' learning
+    # rates and the second job end DONE without results; instead both fail.
+    pytest.importorskip("lightning")
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    with schedy.SchedyDB(url) as db:
+        db.add_experiment(
+            schedy.PopulationBasedTraining(
+                "ddp",
+                schedy.pbt.MINIMIZE,
+                "val_loss",
+                exploit=schedy.pbt.Truncate(),
+                initial_distributions={"lr": schedy.random.LogUniform(1e-3, 1e-1)},
+                population_size=2,
+            )
+        )
+        script = tmp_path / "ddp_worker.py"
+        script.write_text(_DDP_WORKER)
+        env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "SCHEDY_URL")}
+        done = subprocess.run(
+            [sys.executable, str(script), url, str(tmp_path / "checkpoints")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode != 0, done.stdout + done.stderr
+        assert "hold different jobs" in done.stderr
+        jobs = list(db.get_experiment("ddp").all_jobs())
+        assert len(jobs) == 2
+        for job in jobs:
+            assert job.status == schedy.Job.CRASHED
+            assert "one worker per GPU" in (job.error or "")
+
+
 def test_a_perturbed_optimizer_setting_is_reapplied_without_a_mapping(
     make_job: Job, tmp_path: Path
 ) -> None:
@@ -588,3 +705,251 @@ def test_a_perturbed_optimizer_setting_is_reapplied_without_a_mapping(
     options = {"optimizer_hyperparameters": {"momentum": None}}
     trainer, _, _ = fit(grandchild, tmp_path, callback_options=options)
     assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.5
+
+
+# -- Lightning's own logs and checkpoints --------------------------------------
+def _pbt(tmp_path: Path, name: str = "lightning", population: int = 2) -> Any:
+    db = schedy.SchedyDB(f"sqlite:///{tmp_path}/s.db")
+    db.add_experiment(
+        schedy.PopulationBasedTraining(
+            name,
+            schedy.pbt.MAXIMIZE,
+            "val_acc",
+            exploit=schedy.pbt.Truncate(0.5),
+            explore={"learning_rate": schedy.pbt.Perturb(0.5, 2.0)},
+            initial_distributions={"learning_rate": schedy.random.LogUniform(1e-3, 1.0)},
+            population_size=population,
+            seed=3,
+        )
+    )
+    return db.get_experiment(name)
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
+def _tensorboard_steps(folder: Path, tag: str) -> list[int]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return [event.step for event in accumulator.Scalars(tag)]
+
+
+def test_default_trainer_logs_per_job_and_keeps_no_checkpoint_of_its_own(
+    tmp_path: Path,
+) -> None:
+    # Default Trainer settings wrote lightning_logs/version_N/checkpoints/*.ckpt
+    # per job: numbered runs tied to no job, unpruned copies of schedy's checkpoints.
+    pytest.importorskip("tensorboard")
+    experiment = _pbt(tmp_path)
+    root = tmp_path / "root"
+    jobs = []
+    for _ in range(3):
+        with experiment.next_job() as job:
+            fit(
+                job,
+                tmp_path / "ckpt",
+                callback_options={"epochs_per_job": 2},
+                logger=True,
+                enable_checkpointing=True,
+                default_root_dir=str(root),
+            )
+        jobs.append(experiment.get_job(job.id))
+    files = _files(root)
+    assert not [name for name in files if name.endswith(".ckpt")], files
+    assert not [name for name in files if "version_" in name], files
+    logs = root / "lightning_logs" / "lightning"
+    for job in jobs:
+        folder = logs / f"member_{job.member:03d}" / f"job_{job.id}"
+        assert list(folder.glob("events.out.tfevents.*")), files
+        assert (folder / "hparams.yaml").exists(), files
+    assert len({path.parent for path in root.rglob("events.out.tfevents.*")}) == 3, files
+    # The step goes on across jobs: the third job's points come after its parent's.
+    child = jobs[2]
+    parent = next(job for job in jobs if job.id == child.parent_id)
+    folder = lambda job: logs / f"member_{job.member:03d}" / f"job_{job.id}"  # noqa: E731
+    parent_steps = _tensorboard_steps(folder(parent), "val_acc")
+    child_steps = _tensorboard_steps(folder(child), "val_acc")
+    # (Lightning logs an epoch's metrics at its last batch: 4 batches per epoch.)
+    start = parent.results["step"]
+    assert parent_steps == [start - 5, start - 1]
+    assert child_steps == [start + 3, start + 7]
+    assert child.results["step"] == start + 8
+
+
+def test_a_configured_checkpoint_and_logger_are_left_alone(make_job: Job, tmp_path: Path) -> None:
+    mine = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "mine", save_top_k=-1)
+    logs = pl.loggers.CSVLogger(tmp_path / "csv")
+    trainer, _, _ = fit(
+        make_job("a", {"learning_rate": 0.1}),
+        tmp_path / "ckpt",
+        callback_options={"epochs_per_job": 2},
+        extra_callbacks=(mine,),
+        logger=logs,
+        enable_checkpointing=True,
+    )
+    assert trainer.checkpoint_callback is mine
+    assert sorted(path.name for path in (tmp_path / "mine").glob("*.ckpt")) == [
+        "epoch=0-step=4.ckpt",
+        "epoch=1-step=8.ckpt",
+    ]
+    assert trainer.loggers == [logs]
+    assert (tmp_path / "csv" / "lightning_logs" / "version_0" / "metrics.csv").exists()
+
+
+def test_a_checkpoint_without_a_folder_writes_into_the_jobs_logs(
+    make_job: Job, tmp_path: Path
+) -> None:
+    pytest.importorskip("tensorboard")
+    mine = pl.callbacks.ModelCheckpoint(monitor="val_acc", mode="max")
+    fit(
+        make_job("a", {"learning_rate": 0.1}),
+        tmp_path / "ckpt",
+        extra_callbacks=(mine,),
+        logger=True,
+        enable_checkpointing=True,
+        default_root_dir=str(tmp_path / "root"),
+    )
+    assert [path.name for path in (tmp_path / "root").rglob("*.ckpt")] == ["epoch=0-step=4.ckpt"]
+    assert mine.best_model_path.startswith(str(tmp_path / "root/lightning_logs/job_a/"))
+
+
+# -- preemption ------------------------------------------------------------------
+_PREEMPTED_WORKER = """
+import signal, sys, time
+import lightning.pytorch as pl
+import torch
+import schedy
+from schedy.jobs import Preempted
+from schedy.integrations.lightning import SchedyCallback
+
+BATCHES = 5000
+batches = 0
+
+
+class Net(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, index):
+        global batches
+        batches += 1
+        if index == 0:
+            print("training", flush=True)
+        time.sleep(0.001)
+        inputs, targets = batch
+        loss = torch.nn.functional.mse_loss(self.layer(inputs), targets)
+        self.log("loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+inputs = torch.randn(BATCHES, 4, generator=torch.Generator().manual_seed(0))
+data = torch.utils.data.TensorDataset(inputs, inputs.sum(1, keepdim=True))
+experiment = schedy.SchedyDB(sys.argv[1], lease_seconds=600).get_experiment("pbt")
+for case in ("schedy's handler", "a handler of the user's"):
+    if case != "schedy's handler":
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    batches = 0
+    try:
+        with experiment.next_job() as job:
+            trainer = pl.Trainer(
+                max_epochs=10, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False,
+                callbacks=[SchedyCallback(job, "loss", checkpoint_dir=sys.argv[2])],
+            )
+            trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=1))
+    except Preempted:
+        print("preempted", job.id, batches, flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_lightning_fit_as_preempted(tmp_path: Path) -> None:
+    # Lightning stands its own SIGTERM handler in front of schedy's. Behind
+    # it schedy's still ends the job at once; and when schedy's is not in the
+    # chain (a handler was there before), Lightning alone stopped at the end of
+    # the epoch (past a cluster's grace period) and ended the job as a plain crash.
+    import signal
+    import subprocess
+    import sys
+
+    experiment = _pbt(tmp_path, "pbt")
+    url = f"sqlite:///{tmp_path}/s.db"
+    script = tmp_path / "worker.py"
+    script.write_text(_PREEMPTED_WORKER)
+    worker = subprocess.Popen(
+        [sys.executable, str(script), url, str(tmp_path / "ckpt")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "SCHEDY_URL"},
+    )
+    assert worker.stdout is not None and worker.stderr is not None
+    try:
+        ended = []
+        for _ in range(2):
+            line = worker.stdout.readline()  # the job trains
+            assert line == "training\n", line + worker.stderr.read()
+            worker.send_signal(signal.SIGTERM)
+            line = worker.stdout.readline()
+            assert line.startswith("preempted"), line + worker.stderr.read()
+            ended.append(line.split())
+        assert worker.wait(timeout=60) == 0, worker.stderr.read()
+    finally:
+        worker.kill()
+        worker.wait()
+    for _, job_id, batches in ended:
+        job = experiment.get_job(job_id)
+        assert job.status == schedy.Job.CRASHED
+        assert (job.error or "").startswith("preempted"), job.error
+        assert int(batches) < 5000  # within the first epoch, not at its end
+
+
+# -- trackers ----------------------------------------------------------------------
+def test_trackers_log_each_job_as_it_ends(tmp_path: Path) -> None:
+    # TensorBoard and MLflow live from the callback: one run per member,
+    # epochs continuing across its jobs, the hyperparameters as metrics.
+    pytest.importorskip("tensorboard")
+    mlflow_tracking = pytest.importorskip("mlflow.tracking")
+    from schedy.integrations.trackers import MLflow, TensorBoard
+
+    experiment = _pbt(tmp_path, "tracked")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    jobs = []
+    with TensorBoard(tmp_path / "tb") as tensorboard, MLflow(uri) as mlflow:
+        for _ in range(3):
+            with experiment.next_job() as job:
+                fit(
+                    job,
+                    tmp_path / "ckpt",
+                    callback_options={"epochs_per_job": 2, "trackers": [tensorboard, mlflow]},
+                )
+            jobs.append(experiment.get_job(job.id))
+    child = jobs[2]
+    parent = next(job for job in jobs if job.id == child.parent_id)
+    run = f"member_{child.member:03d}"
+    # The child's run holds its two epochs after its parent's (copied on an exploit).
+    child_epochs = [child.results["epoch"] - 1, child.results["epoch"]]
+    steps = _tensorboard_steps(tmp_path / "tb" / run, "val_acc")
+    assert steps[-2:] == child_epochs
+    assert _tensorboard_steps(tmp_path / "tb" / run, "hp/learning_rate")[-2:] == child_epochs
+    client = mlflow_tracking.MlflowClient(uri)
+    (found,) = client.search_runs(
+        [client.get_experiment_by_name("tracked").experiment_id],
+        filter_string=f"tags.`schedy.run` = '{run}'",
+    )
+    rates = sorted(
+        (metric.step, metric.value)
+        for metric in client.get_metric_history(found.info.run_id, "hp/learning_rate")
+    )
+    assert rates[-2:] == [(epoch, child.hyperparameters["learning_rate"]) for epoch in child_epochs]
+    history = [metric.value for metric in client.get_metric_history(found.info.run_id, "val_acc")]
+    assert history[-2:] == child.results["history"]["val_acc"][-2:]
+    assert parent.results["epoch"] == child.results["epoch"] - 2
