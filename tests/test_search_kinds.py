@@ -1,5 +1,6 @@
 """Table-driven tests of the search kinds beyond vanilla PBT (pure decisions, no storage):
-successive halving / Hyperband, PB2, synchronous PBT and the straggler rule."""
+successive halving / Hyperband, PB2, synchronous PBT and the straggler rule; then two
+whole one-worker runs on SQLite (what ASHA and Hyperband promote once DONE)."""
 
 from __future__ import annotations
 
@@ -465,3 +466,67 @@ def test_callbacks_train_to_the_jobs_budget() -> None:
     assert callback.budget_decision(4) == (False, None)  # epochs_per_job=1 is not followed
     stop, reason = callback.budget_decision(9)
     assert stop and reason is not None and "job.budget 9" in reason
+
+
+# -- whole runs: what ASHA and Hyperband promote ----------------------------------
+def _run_to_done(tmp_path: Any, experiment: schedy.Experiment) -> list[schedy.Job]:
+    """One worker (seeded scores, no training) until the experiment is DONE."""
+    from schedy.errors import NoJobError
+
+    rng = random.Random(0)
+    with schedy.SchedyDB(f"sqlite:///{tmp_path}/s.db") as db:
+        db.add_experiment(experiment)
+        stored = db.get_experiment(experiment.name)
+        while True:
+            try:
+                job = stored.next_job(timeout=0)
+            except NoJobError:
+                break
+            with job:
+                job.results = {"acc": rng.random(), "epoch": job.budget}
+        assert db.get_experiment(experiment.name).status == schedy.Experiment.DONE
+        return list(stored.all_jobs())
+
+
+def _top_promoted(jobs: list[schedy.Job], rungs: int, bracket_of: Any) -> list[list[int]]:
+    """Per bracket, per rung: how many configurations trained it; and checks that
+    the top ``floor(n / 3)`` of every rung (final ranking) went on to the next."""
+    counts: dict[int, list[int]] = {}
+    for job in jobs:
+        row = counts.setdefault(bracket_of(job.member), [0] * rungs)
+        row[job.generation or 0] += 1
+    for bracket in counts:
+        for generation in range(rungs - 1 - bracket):
+            here = [
+                j for j in jobs if bracket_of(j.member) == bracket and j.generation == generation
+            ]
+            above = {j.member for j in jobs if j.generation == generation + 1}
+            ranked = sorted(here, key=lambda j: -j.results["acc"])
+            assert {j.member for j in ranked[: len(here) // 3]} <= above, (bracket, generation)
+    return [counts[b] for b in sorted(counts)]
+
+
+def test_one_worker_asha_promotes_every_rungs_top_third(tmp_path: Any) -> None:
+    # Once DONE, the top floor(n / eta) of every rung were promoted, as in
+    # synchronous halving (nothing promotable is left). Asynchronous promotion
+    # also promoted a few that looked top early and fell behind later (Li et
+    # al. 2020's mispromotions): 10 and 4 where synchronous halving has 9 and 3.
+    experiment = schedy.SuccessiveHalving(
+        "sh", schedy.pbt.MAXIMIZE, "acc", SPACE, 1, 27, 3, max_configurations=81, seed=0
+    )
+    jobs = _run_to_done(tmp_path, experiment)
+    assert _top_promoted(jobs, 4, lambda member: 0) == [[81, 27, 10, 4]]
+
+
+def test_one_worker_hyperband_runs_hyperbands_brackets(tmp_path: Any) -> None:
+    # One cycle of 49 configurations: brackets of 27, 12, 6 and 4 (Hyperband's
+    # n_s for R = 27, eta = 3), bracket b starting at rung b (generation 0 is
+    # rung b), each bracket's top third promoted within it.
+    experiment = schedy.Hyperband(
+        "hb", schedy.pbt.MAXIMIZE, "acc", SPACE, 1, 27, 3, max_configurations=49, seed=0
+    )
+    scheduler = HyperbandScheduler(schedy.pbt.MAXIMIZE, "acc", SPACE, max_budget=27, seed=0)
+    jobs = _run_to_done(tmp_path, experiment)
+    counts = _top_promoted(jobs, 4, scheduler.bracket)
+    # Bracket 0 as synchronous halving; bracket 1 mispromoted one at each rung.
+    assert counts == [[27, 9, 3, 1], [12, 5, 2, 0], [6, 2, 0, 0], [4, 0, 0, 0]]
