@@ -643,6 +643,8 @@ class JobCallback:
     stopping_reason: str | None
     #: Whether a validation run ended in this ``fit``.
     _validated: bool
+    #: Where each job is logged once it has trained and saved (``trackers=``).
+    trackers: tuple[JobTracker, ...]
 
     def _take_job(
         self,
@@ -651,24 +653,22 @@ class JobCallback:
         epochs_per_job: int,
         directory: PathLike | None,
         optimizer_hyperparameters: OptimizerMapping | None,
-    #: Where each job is logged once it has trained and saved (``trackers=``).
-    trackers: tuple[JobTracker, ...]
         keep_top_k: int | None,
         suffix: str,
+        trackers: Any = None,
     ) -> None:
         """Check and keep the callback's arguments, then :meth:`_reset`."""
         self.job = job
+        self.trackers = check_trackers(trackers)
         self.monitor = check_monitor(monitor)
         self.epochs_per_job = check_epochs_per_job(epochs_per_job)
         self.keep_top_k = check_keep_top_k(keep_top_k)
         self.optimizer_hyperparameters = optimizer_hyperparameters
         self.optimizer_values = self._optimizer_names(
-        trackers: Any = None,
             optimizer_values(job.hyperparameters, optimizer_hyperparameters)
         )
         self.checkpoint_dir = checkpoint_dir(directory)
-        self.trackers = check_trackers(trackers)
-        self.checkpoint_path = checkpoint_path(directory, job.id, suffix)
+        self.checkpoint_path = checkpoint_path(self.checkpoint_dir, job.id, suffix)
         self._reset()
 
     def _optimizer_names(self, values: Mapping[str, Any]) -> dict[str, Any]:
