@@ -256,7 +256,9 @@ class Job:
             "and results belong to the process that claimed it. Pass the job id (job.id) "
             "and read it there with experiment.get_job(); for several GPUs run one worker "
             "process per GPU (`schedy worker NAME --workers N -- CMD`, schedy.run_workers) "
-            "rather than ddp_spawn / multiprocessing inside one job."
+            "rather than ddp_spawn / multiprocessing inside one job, or train one job on "
+            "several with DDP/torchrun and schedy.integrations.torch.distributed_jobs (rank 0 "
+            "claims it, the other ranks get a copy of its values)."
         )
 
     @property

@@ -217,6 +217,14 @@ def test_a_user_timeout_still_bounds_the_wait(monkeypatch: pytest.MonkeyPatch) -
     assert 2 <= len(experiment.timeouts) <= 4  # 0.05 + 0.05 + what is left
 
 
+def test_a_job_sent_to_another_process_points_to_distributed_jobs(db: schedy.SchedyDB) -> None:
+    _pbt(db)
+    with db.get_experiment("dist").next_job() as job:
+        with pytest.raises(TypeError, match=r"cannot be pickled .*distributed_jobs"):
+            pickle.dumps(job)
+        assert pickle.loads(pickle.dumps(JobSnapshot.of(job))).id == job.id  # what travels
+
+
 def _replica(results: dict[str, Any] | None = None) -> ReplicaJob:
     snapshot = JobSnapshot("dist", "j", "RUNNING", {"lr": 0.1}, dict(results or {}), budget=3.0)
     return ReplicaJob(snapshot, FakeExperiment())  # type: ignore[arg-type]
