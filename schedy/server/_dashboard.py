@@ -422,8 +422,7 @@ def add_dashboard(app: FastAPI, storage: Storage, authenticator: Authenticator) 
             '<p class="note">Give the server\'s token, or one made by <code>schedy token '
             "create</code> (any role: the dashboard only reads). The browser keeps a signed "
             "session in a cookie, not the token; it ends after "
-            f"{SESSION_SECONDS // 3600} hours, at sign-out, when the server restarts or when "
-            "the token is revoked.</p>"
+            f"{SESSION_SECONDS // 3600} hours, at sign-out, or when the token is revoked.</p>"
             f'{message}<form method="post" action="{base}/sign-in">'
             f'<input type="hidden" name="next" value="{html.escape(target)}">'
             '<label>Token<input type="password" name="token" autocomplete="current-password" '
