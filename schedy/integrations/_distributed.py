@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
+from .._records import JobStatus
 from ..errors import NoJobError, SchedyError
 
 if TYPE_CHECKING:
@@ -155,8 +156,9 @@ class ReplicaJob:
     def __enter__(self) -> ReplicaJob:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        """Nothing to end: rank 0 marks the job DONE or CRASHED."""
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        """Nothing to store: rank 0 ends the job; here its status only follows suit."""
+        self.status = JobStatus.DONE if exc_type is None else JobStatus.CRASHED
 
     def delete(self, ensure: bool = True) -> None:
         raise SchedyError(self._rank_zero_only("delete()"))

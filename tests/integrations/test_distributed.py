@@ -236,6 +236,7 @@ def test_a_replica_job_stores_nothing(tmp_path: Path) -> None:
         assert entered is job
         report(job, {"loss": 0.5}, epoch=1)  # recorded here, pushed by rank 0 only
         path = save(job, torch.nn.Linear(1, 1), checkpoint_dir=tmp_path, epoch=1)
+    assert job.status == schedy.Job.DONE  # here only: rank 0 ends the stored job
     assert job.results["loss"] == 0.5
     assert path == str(tmp_path / "j.pt") and job.results["model_path"] == path
     assert not os.path.exists(path)  # rank 0 writes the one checkpoint
