@@ -36,6 +36,11 @@ job -- is off; a logger or ``ModelCheckpoint`` the user configured is left
 alone. A SIGTERM (preemption) ends the job as ``"preempted"`` at the next
 batch even when Lightning's own SIGTERM handler stands in front of schedy's.
 
+With ``strategy='ddp'`` over several devices, get the jobs with
+``distributed_jobs(experiment)`` (or ``distributed_next_job``) on every rank:
+rank 0 claims each job, the other ranks train the same one, and the callback
+reports and saves from rank 0 only.
+
 Works with ``lightning`` and ``pytorch_lightning`` alike: the callback is an
 instance of the ``Callback`` class of each of them that is imported.
 """
@@ -51,7 +56,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..jobs import Preempted
-from . import _core, _lightning_defaults
+from . import _core, _distributed, _lightning_defaults
 from ._core import (
     MODEL_PATH_KEY,
     JobLike,
@@ -61,13 +66,19 @@ from ._core import (
     PathLike,
 )
 from ._files import missing_checkpoint
-from .torch import apply_optimizer_values
+from .torch import apply_optimizer_values, distributed_jobs, distributed_next_job
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
     from lightning.pytorch import Callback as _CallbackBase
 
-__all__ = ["CHECKPOINT_SUFFIX", "MissingMetricError", "SchedyCallback"]
+__all__ = [
+    "CHECKPOINT_SUFFIX",
+    "MissingMetricError",
+    "SchedyCallback",
+    "distributed_jobs",
+    "distributed_next_job",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -208,27 +219,13 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
             _lightning_defaults.drop_default_checkpoint(trainer, self.job)
 
     def _check_one_job(self, trainer: pl.Trainer) -> None:
-        """Under DDP every process must hold the same job; refuse on all ranks otherwise.
+        """Under DDP every rank must train rank 0's job: hand its values to all, refuse otherwise.
 
-        With ``strategy='ddp'`` Lightning re-runs the script for each extra
-        device, so each process calls ``next_job()`` and claims a job of its
-        own: left alone, one model would train with several jobs'
-        hyperparameters and every job but rank 0's would end DONE without
-        results. All ranks agree before raising, so none hangs in a collective.
+        Ranks that got the job from ``distributed_jobs`` hold it; ranks that
+        each ran ``experiment.next_job()`` hold jobs of their own and are
+        refused, all together (see :func:`schedy.integrations._distributed.agree`).
         """
-        strategy = trainer.strategy
-        first = strategy.broadcast(self.job.id, src=0)
-        if strategy.reduce_boolean_decision(first == self.job.id, all=True):
-            return
-        raise RuntimeError(
-            f"SchedyCallback: the {trainer.world_size} DDP processes of this Trainer hold "
-            f"different jobs (this one, rank {trainer.global_rank}, job {self.job.id}; rank 0 "
-            f"job {first}; one or more differ): each process ran experiment.next_job() and "
-            "claimed its own. "
-            "schedy trains one job per process: use Trainer(devices=1) and one worker per "
-            "GPU (`schedy worker NAME --workers N -- python train.py`, or "
-            "schedy.run_workers), which gives each worker its own GPU."
-        )
+        _distributed.agree(self.job, trainer.strategy, trainer.global_rank, trainer.world_size)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Optimizers and schedulers exist from here on; Lightning itself

@@ -323,41 +323,6 @@ def test_other_ranks_do_not_report(make_job: Job) -> None:
     assert job.pushed == []
 
 
-class StubDDPStrategy:
-    """Rank 0's job id and whether every rank agreed, as DDP's collectives return them."""
-
-    def __init__(self, first_job: str, all_agree: bool) -> None:
-        self.first_job, self.all_agree = first_job, all_agree
-
-    def broadcast(self, obj: Any, src: int = 0) -> Any:
-        return self.first_job
-
-    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
-        return decision and self.all_agree
-
-
-@pytest.mark.parametrize(
-    ("rank", "first_job", "all_agree", "refused"),
-    [
-        (1, "j", True, False),  # every rank holds the job (ddp_spawn, or handed over)
-        (1, "k", False, True),  # this rank claimed a job of its own
-        (0, "j", False, True),  # rank 0 agrees with itself; another rank does not
-    ],
-)
-def test_ddp_ranks_must_hold_one_job(
-    make_job: Job, rank: int, first_job: str, all_agree: bool, refused: bool
-) -> None:
-    callback = SchedyCallback(make_job("j"), "val_acc")
-    trainer = stub_trainer(
-        world_size=2, global_rank=rank, strategy=StubDDPStrategy(first_job, all_agree)
-    )
-    if not refused:
-        callback.setup(trainer, NO_MODULE, "fit")
-        return
-    with pytest.raises(RuntimeError, match=r"hold different jobs .* one worker per GPU"):
-        callback.setup(trainer, NO_MODULE, "fit")
-
-
 def test_on_train_end_saves_and_records_the_checkpoint(make_job: Job, tmp_path: Path) -> None:
     job = make_job("j7", results={"model_path": "/old/parent.ckpt"})
     callback = SchedyCallback(job, "val_acc", checkpoint_dir=tmp_path)
@@ -606,86 +571,6 @@ def test_pytorch_lightning_trainer(make_job: Job, tmp_path: Path) -> None:
     assert (probe.start_epoch, second.results["epoch"]) == (1, 2)
     assert probe.start_lr == pytest.approx(0.3)
     assert_same_tensors(probe.start_weights, saved_weights(first.results["model_path"]))
-
-
-_DDP_WORKER = """
-import sys
-import lightning.pytorch as pl
-import torch
-import schedy
-from schedy.integrations.lightning import SchedyCallback
-
-
-class Net(pl.LightningModule):
-    def __init__(self, lr):
-        super().__init__()
-        self.lr, self.layer = lr, torch.nn.Linear(4, 1)
-
-    def training_step(self, batch, index):
-        inputs, targets = batch
-        return torch.nn.functional.mse_loss(self.layer(inputs), targets)
-
-    def validation_step(self, batch, index):
-        inputs, targets = batch
-        self.log("val_loss", torch.nn.functional.mse_loss(self.layer(inputs), targets))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr)
-
-
-inputs = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
-data = torch.utils.data.TensorDataset(inputs, inputs.sum(1, keepdim=True))
-experiment = schedy.SchedyDB(sys.argv[1]).get_experiment("ddp")
-with experiment.next_job() as job:  # each DDP process runs this line
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=10, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-        callbacks=[SchedyCallback(job, "val_loss", checkpoint_dir=sys.argv[2])],
-    )
-    loader = torch.utils.data.DataLoader(data, batch_size=8)
-    trainer.fit(Net(job.hyperparameters["lr"]), loader, loader)
-"""
-
-
-@pytest.mark.slow
-def test_ddp_processes_that_claimed_their_own_jobs_are_refused(tmp_path: Path) -> None:
-    # Lightning's strategy='ddp' re-runs the script per device: every process
-    # claims a job. Silently, one model would train with two jobs' learning
-    # rates and the second job end DONE without results; instead both fail.
-    pytest.importorskip("lightning")
-    import subprocess
-    import sys
-
-    url = f"sqlite:///{tmp_path}/s.db"
-    with schedy.SchedyDB(url) as db:
-        db.add_experiment(
-            schedy.PopulationBasedTraining(
-                "ddp",
-                schedy.pbt.MINIMIZE,
-                "val_loss",
-                exploit=schedy.pbt.Truncate(),
-                initial_distributions={"lr": schedy.random.LogUniform(1e-3, 1e-1)},
-                population_size=2,
-            )
-        )
-        script = tmp_path / "ddp_worker.py"
-        script.write_text(_DDP_WORKER)
-        env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "SCHEDY_URL")}
-        done = subprocess.run(
-            [sys.executable, str(script), url, str(tmp_path / "checkpoints")],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert done.returncode != 0, done.stdout + done.stderr
-        assert "hold different jobs" in done.stderr
-        jobs = list(db.get_experiment("ddp").all_jobs())
-        assert len(jobs) == 2
-        for job in jobs:
-            assert job.status == schedy.Job.CRASHED
-            assert "one worker per GPU" in (job.error or "")
 
 
 def test_a_perturbed_optimizer_setting_is_reapplied_without_a_mapping(
