@@ -10,6 +10,12 @@ The bootstrap token (admin) comes from ``--token-file`` or
 still works but is visible to all of them in ``ps``, so it warns. Whitespace
 around a token (the newline ending a file, say) is no part of it. Tokens
 made with ``schedy token create`` need no restart.
+
+Artifacts (the checkpoints of workers that share no file system) are kept in
+``--artifacts DIR|URL``; over a SQLite file the default is a folder next to
+it (``<file stem>-artifacts``), like the store itself one machine's; over
+PostgreSQL there is none unless given, since the server's replicas must
+share it (an fsspec URL, or a folder they all mount).
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import sys
 
 from .._wire import DEFAULT_MAX_BODY_BYTES
-from ..db import _scheme
+from ..db import _scheme, _sqlite_file
 from ._base import Commands, Store, UsageError
 
 __all__ = ["setup"]
@@ -51,6 +57,17 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get("SCHEDY_TOKEN", "").strip() or None
 
 
+def _artifacts(args: argparse.Namespace, url: str) -> str | None:
+    """Where artifacts are kept: --artifacts, else next to a SQLite file, else nowhere."""
+    if args.artifacts is not None:
+        return str(args.artifacts) or None  # --artifacts '' turns them off
+    path = _sqlite_file(url)
+    if path is None:
+        return None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f"{stem}-artifacts")
+
+
 def _server(args: argparse.Namespace, store: Store) -> int:
     """Serve the store named by --db to workers on other machines."""
     if _scheme(store.url) in ("http", "https"):
@@ -67,6 +84,14 @@ def _server(args: argparse.Namespace, store: Store) -> int:
     if not (math.isfinite(args.max_body_mb) and args.max_body_mb * 2**20 >= 1):
         raise UsageError(f"--max-body-mb must be a positive number, not {args.max_body_mb:g}")
     token = _token(args)
+    from ..server._artifacts import parse_size
+
+    try:
+        max_artifact_bytes = parse_size(args.max_artifact_size)
+    except ValueError as error:
+        raise UsageError(f"--max-artifact-size: {error}") from None
+    if args.artifact_keep_top_k < 0:
+        raise UsageError(f"--artifact-keep-top-k must be >= 0, not {args.artifact_keep_top_k}")
     try:
         serve(
             store.open(create=True),
@@ -78,6 +103,9 @@ def _server(args: argparse.Namespace, store: Store) -> int:
             ssl_keyfile=args.ssl_keyfile,
             max_body_bytes=int(args.max_body_mb * 2**20),
             announce=lambda line: print(line, file=sys.stderr, flush=True),
+            artifacts=_artifacts(args, store.url),
+            max_artifact_bytes=max_artifact_bytes,
+            artifact_keep_top_k=args.artifact_keep_top_k,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -124,6 +152,27 @@ def setup(commands: Commands, common: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_BODY_BYTES / 2**20,
         metavar="MB",
         help=f"the largest request body, in MiB (default {DEFAULT_MAX_BODY_BYTES // 2**20})",
+    )
+    parser.add_argument(
+        "--artifacts",
+        metavar="DIR|URL",
+        help="keep the checkpoints of workers that share no file system in this folder or "
+        "fsspec URL (s3://bucket/dir); default: a folder next to a SQLite file "
+        "(<stem>-artifacts), none over PostgreSQL; '' turns them off",
+    )
+    parser.add_argument(
+        "--max-artifact-size",
+        default="10G",
+        metavar="SIZE",
+        help="the largest artifact (checkpoint) accepted, e.g. 512M or 20G (default 10G)",
+    )
+    parser.add_argument(
+        "--artifact-keep-top-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="after each upload, keep the artifacts a job may continue from and those of "
+        "the K best jobs, deleting the rest (default 1)",
     )
     parser.add_argument(
         "--ssl-certfile",

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._retention import deletable
 from ..errors import NotFoundError
 from ._files import MODEL_PATH_KEY, fsspec_available, is_url, list_files, remove_file
 
@@ -71,29 +71,25 @@ def prune_checkpoints(
     if not listed:
         return []
     in_use = experiment._storage.jobs_in_use(experiment.name, keep_top_k)
-    kept_paths = {_normalize(str(job.results[key])) for job in in_use if job.results.get(key)}
-    kept_ids = {job.id for job in in_use}
-    removed = []
-    for path in _candidates(experiment, listed, kept_paths, kept_ids):
-        if remove_file(path):
-            removed.append(path)
+    candidates = deletable(
+        ((_job_id_of(path), path) for path in listed),
+        in_use,
+        key=key,
+        normalize=_normalize,
+        is_ours=lambda job_id: _is_job_of(experiment, job_id),
+    )
+    removed = [path for path in candidates if remove_file(path)]
     if removed:
         logger.debug("pruned %d checkpoints of %r", len(removed), experiment.name)
     return removed
 
 
-def _candidates(
-    experiment: Experiment, listed: Iterable[str], kept_paths: set[str], kept_ids: set[str]
-) -> Iterable[str]:
-    for path in listed:
-        job_id = _job_id_of(path)
-        if job_id in kept_ids or _normalize(path) in kept_paths:
-            continue
-        try:
-            experiment.get_job(job_id)
-        except NotFoundError:
-            continue  # not one of ours: never touch it
-        yield path
+def _is_job_of(experiment: Experiment, job_id: str) -> bool:
+    try:
+        experiment.get_job(job_id)
+    except NotFoundError:
+        return False  # not one of ours: never touch it
+    return True
 
 
 def check_keep_top_k(keep_top_k: Any) -> int | None:

@@ -47,7 +47,7 @@ from typing import Any, ClassVar, Protocol, TypeAlias, TypeGuard
 
 from ..errors import SchedyError
 from ._checkpoints import check_keep_top_k, prune_after_save
-from ._files import MODEL_PATH_KEY, PathLike, fsspec_module, is_url
+from ._files import MODEL_PATH_KEY, PathLike, artifact_location, fsspec_module, is_url
 
 __all__ = [
     "CHECKPOINT_DIR_ENV",
@@ -548,9 +548,17 @@ def checkpoint_path(directory: PathLike | None, job_id: str, suffix: str) -> str
     """``<checkpoint_dir>/<job_id><suffix>``: one checkpoint per job, never overwritten by another.
 
     A job id that could climb out of the folder (separators, ``..``) is refused.
+    With no folder given or in ``$SCHEDY_CHECKPOINT_DIR``, a job handed out by
+    a schedy server that keeps artifacts gets ``schedy://<experiment>/<job
+    id>/<job id><suffix>`` instead: written through the server, readable on
+    every worker (see :mod:`schedy.integrations._files`).
     """
     if not job_id or "/" in job_id or "\\" in job_id or job_id in (".", ".."):
         raise ValueError(f"job id {job_id!r} cannot name a checkpoint file")
+    if not (directory and os.fspath(directory)) and not os.environ.get(CHECKPOINT_DIR_ENV):
+        url = artifact_location(job_id, suffix)
+        if url is not None:
+            return url
     folder = checkpoint_dir(directory)
     name = f"{job_id}{suffix}"
     if is_url(folder):
@@ -668,7 +676,7 @@ class JobCallback:
             optimizer_values(job.hyperparameters, optimizer_hyperparameters)
         )
         self.checkpoint_dir = checkpoint_dir(directory)
-        self.checkpoint_path = checkpoint_path(self.checkpoint_dir, job.id, suffix)
+        self.checkpoint_path = checkpoint_path(directory, job.id, suffix)
         self._reset()
 
     def _optimizer_names(self, values: Mapping[str, Any]) -> dict[str, Any]:

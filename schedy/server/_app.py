@@ -51,6 +51,8 @@ from ..db import SchedyDB, _sqlite_file
 from ..errors import NotFoundError, SchedyError
 from ..storage._base import Storage
 from ..storage._http import HTTPStorage
+from . import _artifacts
+from ._artifacts import DEFAULT_KEEP_TOP_K, DEFAULT_MAX_ARTIFACT_BYTES, ArtifactStore
 from ._auth import DEFAULT_CACHE_SECONDS, Authenticator
 from ._dashboard import add_dashboard, is_dashboard_path
 from ._guard import DEFAULT_MAX_BODY_BYTES, Access, Guard
@@ -142,6 +144,9 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     token_cache_seconds: float = DEFAULT_CACHE_SECONDS,
+    artifacts: str | ArtifactStore | None = None,
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+    artifact_keep_top_k: int | None = DEFAULT_KEEP_TOP_K,
 ) -> FastAPI:
     """The ASGI application serving ``store`` (a database URL or a ``SchedyDB``).
 
@@ -152,7 +157,11 @@ def create_app(
     to make it; with neither, the application is open (``serve`` then only
     listens on loopback). A request body may hold ``max_body_bytes`` at most;
     a stored token's lookup is trusted ``token_cache_seconds`` (0: every
-    request asks the store).
+    request asks the store). ``artifacts`` (a folder or an fsspec URL) keeps
+    the checkpoints of workers that share no file system, each at most
+    ``max_artifact_bytes``, pruned after each upload down to what a job can
+    need and the ``artifact_keep_top_k`` best (None: never pruned); see
+    ``_artifacts``.
     """
     storage = _sql_storage(store)
     if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int):
@@ -179,6 +188,12 @@ def create_app(
         max_body_bytes=max_body_bytes,
         scrub=scrub,
         pages=is_dashboard_path,
+        streamed={
+            ("PUT", _wire.API_PREFIX + _artifacts.ARTIFACT_PATH): (
+                max_artifact_bytes,
+                "--max-artifact-size",
+            )
+        },
     )
 
     @app.exception_handler(SchedyError)
@@ -250,6 +265,11 @@ def create_app(
         """Checks the token: clients call it once, so a wrong one fails at SchedyDB()."""
         return JSONText(_wire.hello(__version__))
 
+    kept = _artifacts.open_store(artifacts) if isinstance(artifacts, str) else artifacts
+    app.state.artifacts = _artifacts.install(
+        route, storage, kept, max_bytes=max_artifact_bytes, keep_top_k=artifact_keep_top_k
+    )
+
     # -- experiments -----------------------------------------------------------
     @route("GET", "/experiments", TokenRole.READ, "list experiments", list[ExperimentRecord])
     def list_experiments() -> Any:
@@ -283,8 +303,9 @@ def create_app(
 
     @route("DELETE", "/experiment", TokenRole.ADMIN, "delete experiments", _wire.Done, 404)
     def delete_experiment(name: ExperimentName) -> Any:
-        """Deletes an experiment and all its jobs."""
+        """Deletes an experiment, all its jobs and their artifacts."""
         storage.delete_experiment(name)
+        app.state.artifacts.forget(name)
         return JSONText({})
 
     # -- jobs ------------------------------------------------------------------
@@ -467,6 +488,9 @@ def serve(
     ssl_keyfile: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     announce: Callable[[str], None] = print,
+    artifacts: str | None = None,
+    max_artifact_bytes: int = DEFAULT_MAX_ARTIFACT_BYTES,
+    artifact_keep_top_k: int | None = DEFAULT_KEEP_TOP_K,
 ) -> None:
     """Serve ``store`` until interrupted (Ctrl-C, SIGTERM).
 
@@ -475,10 +499,18 @@ def serve(
     reaches the port could otherwise read and change every experiment. With
     ``ssl_certfile`` and ``ssl_keyfile`` (PEM) it speaks HTTPS, so tokens are
     not sent in clear. The socket is bound here, so ``port=0`` picks a free
-    port and ``announce`` gets the real URL.
+    port and ``announce`` gets the real URL. ``artifacts`` and the two
+    after it: see :func:`create_app`.
     """
     storage = _sql_storage(store)
-    app = create_app(storage, token or None, max_body_bytes=max_body_bytes)
+    app = create_app(
+        storage,
+        token or None,
+        max_body_bytes=max_body_bytes,
+        artifacts=artifacts,
+        max_artifact_bytes=max_artifact_bytes,
+        artifact_keep_top_k=artifact_keep_top_k,
+    )
     secured = bool(app.state.token_required)
     if not secured and not is_loopback(host):
         raise ValueError(
@@ -511,7 +543,8 @@ def serve(
     served = getattr(storage, "_safe_url", lambda: storage.url)()  # no password in logs
     announce(
         f"schedy server {__version__}: serving {served} on {scheme}://{shown}:{bound} "
-        f"({'token required' if secured else 'no token: this machine only'}; API docs at /docs)"
+        f"({'token required' if secured else 'no token: this machine only'}; API docs at /docs; "
+        f"artifacts {'in ' + artifacts if artifacts else 'off: give --artifacts DIR|URL'})"
     )
     config = uvicorn.Config(
         app,

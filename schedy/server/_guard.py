@@ -12,7 +12,9 @@ FastAPI sees the request, so, in this order:
    still sends);
 2. **how big**: a body announced larger than the limit gets 413 at once; one
    without a Content-Length (chunked) is read in chunks, and refused with
-   413 as soon as it passes the limit, so memory per request stays bounded;
+   413 as soon as it passes the limit, so memory per request stays bounded
+   (a route named in ``streamed`` -- artifact uploads -- reads its own body
+   as a stream, up to its own limit);
 3. **how deep**: a body nesting deeper than ``_wire.MAX_BODY_DEPTH`` levels
    gets 400 before any parser recurses into it (a scan of its brackets,
    strings left out);
@@ -30,7 +32,7 @@ from __future__ import annotations
 import logging
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import accumulate
 from typing import NamedTuple
 
@@ -167,8 +169,12 @@ class Guard:
         max_body_bytes: int,
         scrub: Callable[[str], str] = str,
         pages: Callable[[str], bool] | None = None,
+        streamed: Mapping[tuple[str, str], tuple[int, str]] | None = None,
     ) -> None:
         self.app = app
+        # (METHOD, path) -> (limit, option): routes that stream their body
+        # themselves (artifact uploads), refused here only when announced too large.
+        self._streamed = dict(streamed or {})
         # Paths of the dashboard (``_dashboard``): its routes check a sign-in
         # cookie themselves, so no bearer token is asked for here; the API never
         # reads that cookie.
@@ -228,8 +234,12 @@ class Guard:
                 )
                 return
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max_body_bytes:
-            await self._too_large(send)
+        limit, option = self._streamed.get((method, path), (self._max_body_bytes, ""))
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._too_large(send, limit, option)
+            return
+        if option:  # the route reads the body itself, never whole, up to its limit
+            await self.app(scope, receive, send)
             return
         body = await self._read_body(receive)
         if body is None:
@@ -254,12 +264,13 @@ class Guard:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, limit: int | None = None, option: str = "") -> None:
         await answer(
             send,
             ValueError(
                 "the request body is larger than this server's limit of "
-                f"{describe_size(self._max_body_bytes)} (`schedy server --max-body-mb`)"
+                f"{describe_size(limit or self._max_body_bytes)} "
+                f"(`schedy server {option or '--max-body-mb'}`)"
             ),
             413,
         )

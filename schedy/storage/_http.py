@@ -47,6 +47,7 @@ again), and urllib3's warning per retry is silenced for these retries.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import logging
 import math
@@ -71,7 +72,8 @@ from urllib3.exceptions import (
 )
 from urllib3.util.retry import RequestHistory, Retry
 
-from .. import _values, _wire
+from .. import _artifacts, _values, _wire
+from .._artifacts import ArtifactInfo
 from .._backoff import Backoff
 from .._records import (
     Claim,
@@ -401,10 +403,17 @@ class HTTPStorage(Storage):
         *,
         idempotent: bool,
         call: _Call | None = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bool = False,
     ) -> Any:
-        """Send one request, retried as ``idempotent`` allows; its decoded answer."""
+        """Send one request, retried as ``idempotent`` allows; its decoded answer.
+
+        ``data`` is a body to send as it is (an open file is streamed, and
+        rewound by urllib3 for a retry); ``raw`` returns a successful answer
+        unread (``stream=True``), for the caller to stream."""
         call = call or self._new_call(method, path, idempotent)
-        data = None if body is None else _wire.encode(body)
+        data = data if body is None else _wire.encode(body)
         session, adapter = self._transport()
         pause: Backoff | None = None
         while True:
@@ -418,6 +427,8 @@ class HTTPStorage(Storage):
                     self._base + path,
                     params=params,
                     data=data,
+                    headers=headers,
+                    stream=raw,
                     timeout=self._timeout,
                     # Per request: a Session's own `verify` loses to $REQUESTS_CA_BUNDLE.
                     verify=self._verify,
@@ -433,6 +444,8 @@ class HTTPStorage(Storage):
                 if not call.resume:
                     if response.status_code not in _RETRY_STATUSES:
                         self._outage.end()
+                    if raw and (response.ok or method == "HEAD"):  # a HEAD's status is its answer
+                        return response
                     return self._decode(response, call)
                 last = response
             if pause is None:
@@ -601,11 +614,17 @@ class HTTPStorage(Storage):
         body = _wire.body(_wire.NewJob.of(status, hyperparameters, results))
         # Not idempotent: sent again after a lost answer, it would add a second job.
         added = self._call("POST", "/jobs", {"experiment": experiment}, body, idempotent=False)
-        return _wire.decode_job(added)
+        return self._handed_out(experiment, _wire.decode_job(added))
+
+    def _handed_out(self, experiment: str, record: JobRecord) -> JobRecord:
+        """Note that this server handed out ``record`` (its checkpoint may be an artifact here)."""
+        _artifacts.remember(record.id, experiment, self)
+        return record
 
     def get_job(self, experiment: str, job_id: str) -> JobRecord:
         params = {"experiment": experiment, "id": job_id}
-        return _wire.decode_job(self._call("GET", "/job", params, idempotent=True))
+        found = _wire.decode_job(self._call("GET", "/job", params, idempotent=True))
+        return self._handed_out(experiment, found)
 
     def list_jobs(
         self, experiment: str, *, after: str | None = None, limit: int = 1000
@@ -656,7 +675,10 @@ class HTTPStorage(Storage):
         request_id = request_id or secrets.token_hex(16)
         body = _wire.body(_wire.ClaimRequest(lease_seconds=lease_seconds, request_id=request_id))
         claimed = self._call("POST", "/claim", {"experiment": experiment}, body, idempotent=True)
-        return _wire.decode_claim(claimed)
+        claim = _wire.decode_claim(claimed)
+        if claim.job is not None:
+            self._handed_out(experiment, claim.job)
+        return claim
 
     def renew_lease(
         self, experiment: str, job_id: str, lease_token: str, lease_seconds: float
@@ -678,6 +700,170 @@ class HTTPStorage(Storage):
     def get_members(self, experiment: str) -> list[MemberRecord]:
         params = {"experiment": experiment}
         return _wire.decode_members(self._call("GET", "/members", params, idempotent=True))
+
+    # -- artifacts ---------------------------------------------------------------
+    def keeps_artifacts(self) -> bool:
+        """Whether the server keeps artifacts (``schedy server --artifacts``); asked once."""
+        known = getattr(self, "_keeps_artifacts", None)
+        if known is None:
+            try:
+                status = self._call("GET", _artifacts.ARTIFACT_STORE_PATH, idempotent=True)
+            except NotFoundError:  # a server from before artifacts
+                status = {}
+            known = bool(isinstance(status, dict) and status.get("enabled"))
+            self._keeps_artifacts = known
+        return known
+
+    def upload_artifact(
+        self, experiment: str, job_id: str, filename: str, path: str, sha256: str
+    ) -> ArtifactInfo:
+        """Stream the local file ``path`` (whose SHA-256 is ``sha256``) to the server as
+        the job's artifact ``filename``; the server checks size and hash before keeping it.
+        Sent again after a dropped connection (the same bytes again: idempotent)."""
+        params = {
+            "experiment": experiment,
+            "job": job_id,
+            "file": filename,
+            "sha256": sha256,
+            "size": os.path.getsize(path),
+        }
+        with _open_upload(path) as body:
+            stored = self._call(
+                "PUT",
+                _artifacts.ARTIFACT_PATH,
+                params,
+                data=body,
+                headers={"Content-Type": "application/octet-stream"},
+                idempotent=True,
+            )
+        return _artifact(stored)
+
+    def artifact_info(self, experiment: str, job_id: str, filename: str) -> ArtifactInfo | None:
+        """The artifact's size and hash (a HEAD: no bytes travel); None if there is none."""
+        params = {"experiment": experiment, "job": job_id, "file": filename}
+        response = self._call("HEAD", _artifacts.ARTIFACT_PATH, params, idempotent=True, raw=True)
+        response.close()
+        if response.status_code == 404:
+            return None
+        if not response.ok:  # a HEAD's refusal has no body to say why: a GET's has
+            return self._artifact_by_get(params)
+        return _info_of(response, job_id, filename)
+
+    def _artifact_by_get(self, params: dict[str, Any]) -> ArtifactInfo | None:
+        try:
+            response = self._call(
+                "GET", _artifacts.ARTIFACT_PATH, params, idempotent=True, raw=True
+            )
+        except NotFoundError:
+            return None
+        response.close()  # the headers were all we wanted
+        return _info_of(response, params["job"], params["file"])
+
+    def download_artifact(
+        self, experiment: str, job_id: str, filename: str, target: str, expected: ArtifactInfo
+    ) -> None:
+        """Stream the artifact into the local file ``target`` and check it is ``expected``
+        (size and SHA-256). A connection dropped mid-way is resumed where it stopped
+        (``Range``, ``If-Range`` its hash), for ``retry_seconds``; a corrupt or changed
+        download raises StorageError (``target`` then holds no usable file)."""
+        params = {"experiment": experiment, "job": job_id, "file": filename}
+        tag = _artifacts.etag(expected.sha256)
+        digest = hashlib.sha256()
+        written = 0
+        call = self._new_call("GET", _artifacts.ARTIFACT_PATH, idempotent=True)
+        pause: Backoff | None = None
+        with open(target, "wb") as out:
+            while True:
+                headers = {"Accept": "application/octet-stream"}
+                if written:
+                    headers.update({"Range": f"bytes={written}-", "If-Range": tag})
+                response = self._call(
+                    "GET",
+                    _artifacts.ARTIFACT_PATH,
+                    params,
+                    idempotent=True,
+                    call=call,
+                    headers=headers,
+                    raw=True,
+                )
+                with response:
+                    if response.headers.get("etag") != tag:
+                        raise StorageError(
+                            f"artifact {filename} of job {job_id} changed on the server while it "
+                            "was downloaded (its job saved it again): download it again"
+                        )
+                    if response.status_code != 206 and written:  # sent whole: start over
+                        out.seek(0)
+                        out.truncate()
+                        digest, written = hashlib.sha256(), 0
+                    try:
+                        for chunk in response.iter_content(_DOWNLOAD_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            written += len(chunk)
+                    except _TRANSPORT_ERRORS as error:  # dropped mid-way: resume from here
+                        call.failed(_describe(_reason(error)), maybe_applied=False)
+                        if pause is None:
+                            pause = Backoff(
+                                _BACKOFF_FACTOR_S * 2, _BACKOFF_MAX_S, budget=call.remaining()
+                            )
+                        if pause.wait():
+                            continue
+                        raise self._failure(error, call) from None
+                break
+        self._outage.end()
+        if written != expected.size or digest.hexdigest() != expected.sha256:
+            raise StorageError(
+                f"the download of artifact {filename} of job {job_id} is corrupt ({written} "
+                f"bytes, SHA-256 {digest.hexdigest()}; expected {expected.size} bytes, "
+                f"{expected.sha256}): download it again"
+            )
+
+    def list_artifacts(self, experiment: str) -> list[ArtifactInfo]:
+        """The experiment's artifacts on the server."""
+        found = self._call(
+            "GET", _artifacts.ARTIFACTS_PATH, {"experiment": experiment}, idempotent=True
+        )
+        if not isinstance(found, list):
+            raise ServerError(f"{self.url} answered a list of artifacts with {found!r}")
+        return [_artifact(entry) for entry in found]
+
+    def delete_artifact(self, experiment: str, job_id: str, filename: str) -> None:
+        """Delete one artifact (an admin token's call)."""
+        self._delete(
+            _artifacts.ARTIFACT_PATH, {"experiment": experiment, "job": job_id, "file": filename}
+        )
+
+
+#: Bytes read from a download at a time.
+_DOWNLOAD_CHUNK = 2**20
+
+
+def _open_upload(path: str) -> Any:
+    """The file an upload streams (a seam: a test slows it down to kill a worker mid-way)."""
+    return open(path, "rb")
+
+
+def _artifact(data: Any) -> ArtifactInfo:
+    if not isinstance(data, dict):
+        raise ServerError(f"a schedy server answered an artifact with {data!r}")
+    try:
+        return ArtifactInfo(
+            str(data["job"]), str(data["file"]), int(data["size"]), str(data["sha256"])
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ServerError(f"a schedy server answered an artifact with {data!r}") from None
+
+
+def _info_of(response: requests.Response, job_id: str, filename: str) -> ArtifactInfo:
+    """An artifact's size and hash from the headers of its GET or HEAD."""
+    tag = response.headers.get("etag", "").strip('"')
+    length = response.headers.get("content-length", "")
+    if not _artifacts.is_sha256(tag) or not length.isdigit():
+        raise ServerError(
+            f"the schedy server answered artifact {filename} without its size or hash"
+        )
+    return ArtifactInfo(job_id, filename, int(length), tag)
 
 
 def _holds(stored: JobRecord, change: _wire.JobChange) -> bool:
