@@ -256,6 +256,26 @@ def test_the_listening_socket_lets_asyncio_disable_nagle(
     assert re.search(r"on http://127\.0\.0\.1:\d+ \(no token: this machine only", lines[0])
 
 
+def test_idle_connections_outlive_the_workers_heartbeat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvicorn closes idle keep-alive connections after 5 s by default. A worker
+    # renews its lease every lease/3 s (20 s): each heartbeat then found its pooled
+    # connection closed, and with 1,000 workers (benchmarks/fleet.py) hundreds of
+    # requests raced the close and failed with "Connection reset by peer".
+    import uvicorn
+
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: configs.append(self.config))
+    storage = SQLStorage(f"sqlite:///{tmp_path}/s.db")
+    try:
+        serve(storage, port=0, announce=lambda line: None)
+    finally:
+        storage.close()
+    (config,) = configs
+    assert config.timeout_keep_alive > 60.0 / 3  # the default lease's heartbeat interval
+
+
 def test_create_app_takes_a_database_url_or_a_schedydb(
     tmp_path: Path, server_url: str, server_token: str
 ) -> None:

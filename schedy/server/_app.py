@@ -550,6 +550,10 @@ def serve(
         app,
         log_level=log_level,
         timeout_graceful_shutdown=10,
+        # Longer than a worker's heartbeat interval (a third of its lease) and a
+        # load balancer's usual idle timeout (60 s): with uvicorn's 5 s, pooled
+        # connections were closed between heartbeats and requests raced the close.
+        timeout_keep_alive=75,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
