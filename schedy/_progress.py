@@ -145,7 +145,8 @@ class FinishedJobs:
     def retired(self) -> list[str]:
         """Lines for the population members that ended since the last call before
         their final generation (retired by the scheduler: a straggler, or one that
-        kept crashing); the first call only learns which had ended already."""
+        kept crashing), each with the reason the scheduler recorded; the first
+        call only learns which had ended already."""
         members = self.experiment.population()
         ended = {member.index for member in members if member.ended}
         known, self._ended_members = self._ended_members, ended
@@ -160,7 +161,8 @@ class FinishedJobs:
                     where = (
                         "before its first job ended" if reached < 0 else f"at generation {reached}"
                     )
-                    lines.append(f"member {member.index} retired {where}")
+                    why = "" if member.ended_reason is None else f": {member.ended_reason}"
+                    lines.append(f"member {member.index} retired {where}{why}")
         return lines
 
     @property

@@ -280,11 +280,14 @@ def test_a_member_retired_early_gets_a_line(db: schedy.SchedyDB) -> None:
             with experiment.next_job(timeout=0) as job:
                 job.results["acc"] = next(scores)
     early = [
-        f"member {m.index} retired at generation {m.head_generation}"
+        f"member {m.index} retired at generation {m.head_generation}: {m.ended_reason}"
         for m in experiment.population()
         if m.ended and (m.head_generation or 0) + 1 < 2
     ]
-    assert early == ["member 1 retired at generation 0"]
+    assert early == [
+        "member 1 retired at generation 0: straggler: in the bottom at generation 0 while "
+        "every better member has finished its schedule, so there is nothing to copy"
+    ]
     assert watcher.retired() == early
     assert watcher.retired() == []  # said once
 

@@ -25,10 +25,28 @@ from ._table import SCHEDY, Table, describe_experiment, describe_job, schedule_t
 __all__ = ["setup"]
 
 
+#: At most this many members' reasons for ending are listed under the population.
+_MAX_REASONS = 20
+
+
 def _member_status(member: MemberRecord) -> str:
+    """``ended: why`` for a member ended early (the table cuts it; the full text
+    follows the table), ``ended`` for the normal end, else busy or ready."""
     if member.ended:
-        return "ended"
+        return "ended" if member.ended_reason is None else f"ended: {member.ended_reason}"
     return "busy" if member.busy_id is not None else "ready"
+
+
+def _reasons(members: list[MemberRecord]) -> list[str]:
+    """One line per member ended early, saying why in full (the first few)."""
+    ended = [member for member in members if member.ended and member.ended_reason is not None]
+    lines = [f"member {m.index} ended: {m.ended_reason}" for m in ended[:_MAX_REASONS]]
+    if len(ended) > _MAX_REASONS:
+        lines.append(
+            f"… and {len(ended) - _MAX_REASONS} more (experiment.population() lists every "
+            "member with its ended_reason)"
+        )
+    return lines
 
 
 def _population_table(exp: PopulationBasedTraining, members: list[MemberRecord]) -> Table:
@@ -58,6 +76,10 @@ def _show_population(exp: PopulationBasedTraining) -> None:
     size = exp.population_size or len(members)
     print(f"\nPopulation ({len(members)} of {size} members):")
     print(_population_table(exp, members).render())
+    reasons = _reasons(members)
+    if reasons:
+        print("\nWhy members ended early:")
+        print("\n".join(reasons))
     # The best job ever (experiment.best(), as everywhere), not the best current head.
     best = exp.best()
     if best is None:
