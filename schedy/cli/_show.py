@@ -17,6 +17,7 @@ import sys
 import time
 from datetime import datetime
 
+from .._progress import ended_early
 from .._records import MemberRecord
 from ..experiments import Experiment, PopulationBasedTraining
 from ._base import Commands, Store, UsageError, emit
@@ -35,18 +36,6 @@ def _member_status(member: MemberRecord) -> str:
     if member.ended:
         return "ended" if member.ended_reason is None else f"ended: {member.ended_reason}"
     return "busy" if member.busy_id is not None else "ready"
-
-
-def _reasons(members: list[MemberRecord]) -> list[str]:
-    """One line per member ended early, saying why in full (the first few)."""
-    ended = [member for member in members if member.ended and member.ended_reason is not None]
-    lines = [f"member {m.index} ended: {m.ended_reason}" for m in ended[:_MAX_REASONS]]
-    if len(ended) > _MAX_REASONS:
-        lines.append(
-            f"… and {len(ended) - _MAX_REASONS} more (experiment.population() lists every "
-            "member with its ended_reason)"
-        )
-    return lines
 
 
 def _population_table(exp: PopulationBasedTraining, members: list[MemberRecord]) -> Table:
@@ -76,7 +65,7 @@ def _show_population(exp: PopulationBasedTraining) -> None:
     size = exp.population_size or len(members)
     print(f"\nPopulation ({len(members)} of {size} members):")
     print(_population_table(exp, members).render())
-    reasons = _reasons(members)
+    reasons = ended_early(members, _MAX_REASONS)
     if reasons:
         print("\nWhy members ended early:")
         print("\n".join(reasons))
