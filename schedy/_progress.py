@@ -22,7 +22,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._records import JobStatus
+from ._records import JobStatus, MemberRecord
 from ._values import canonical, is_number
 from .errors import NotFoundError
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .experiments import Experiment
     from .jobs import Job
 
-__all__ = ["FinishedJobs", "describe", "progress_line", "short"]
+__all__ = ["FinishedJobs", "describe", "ended_early", "progress_line", "short"]
 
 #: The statuses a job leaves; every other one is final.
 _OPEN = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
@@ -41,6 +41,20 @@ _QUEUED_PER_POLL = 32
 _REMEMBERED = 4096
 #: Results never printed: the integrations' per-epoch history and counters.
 _QUIET_RESULTS = frozenset({"history", "epoch", "step", "global_step"})
+
+
+def ended_early(members: list[MemberRecord], limit: int) -> list[str]:
+    """``member N ended: why`` for each member the scheduler ended early (the
+    first ``limit``, then how many more), so ``schedy show`` and ``schedy
+    top`` say why a member stopped instead of only that it did."""
+    ended = [member for member in members if member.ended and member.ended_reason is not None]
+    lines = [f"member {m.index} ended: {m.ended_reason}" for m in ended[:limit]]
+    if len(ended) > limit:
+        lines.append(
+            f"… and {len(ended) - limit} more (experiment.population() lists every member "
+            "with its ended_reason)"
+        )
+    return lines
 
 
 class FinishedJobs:
@@ -145,7 +159,8 @@ class FinishedJobs:
     def retired(self) -> list[str]:
         """Lines for the population members that ended since the last call before
         their final generation (retired by the scheduler: a straggler, or one that
-        kept crashing); the first call only learns which had ended already."""
+        kept crashing), each with the reason the scheduler recorded; the first
+        call only learns which had ended already."""
         members = self.experiment.population()
         ended = {member.index for member in members if member.ended}
         known, self._ended_members = self._ended_members, ended
@@ -160,7 +175,8 @@ class FinishedJobs:
                     where = (
                         "before its first job ended" if reached < 0 else f"at generation {reached}"
                     )
-                    lines.append(f"member {member.index} retired {where}")
+                    why = "" if member.ended_reason is None else f": {member.ended_reason}"
+                    lines.append(f"member {member.index} retired {where}{why}")
         return lines
 
     @property

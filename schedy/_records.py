@@ -177,6 +177,11 @@ class MemberRecord(NamedTuple):
     job ended) orders ready members so the one that waited longest goes
     first. ``history`` holds recent ``(generation, score)`` pairs (see
     ``schedy._scheduling._history``) for comparing members at equal progress.
+    ``ended_reason`` says why an ended member was ended before its schedule's
+    normal end (a straggler, a member that kept crashing, a pruned job), so a
+    user sees it in ``population()`` and ``schedy show`` rather than in a log
+    line; None for the normal end, a live member, or a store from before
+    schema 5.
 
     A named tuple whose fields are the storage's member columns: a claim
     builds one per member straight from the database row (the scheduling hot
@@ -194,6 +199,7 @@ class MemberRecord(NamedTuple):
     ended: bool = False
     ready_since: float = 0.0
     history: str | None = None
+    ended_reason: str | None = None
 
     @property
     def ready(self) -> bool:

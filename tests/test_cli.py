@@ -970,3 +970,36 @@ def test_show_best_is_the_best_job_ever_not_the_best_head(cli: Cli, db: schedy.S
         f"Best: job {best.id} (member {best.member}, generation {best.generation}, acc = 0.9)"
         in shown
     )
+
+
+def test_show_says_why_a_member_ended(cli: Cli, db: schedy.SchedyDB) -> None:
+    # Member 1 is in the bottom at generation 0 once member 0 finished its
+    # schedule: PBT retires it as a straggler, and show says so in full.
+    experiment = schedy.PopulationBasedTraining(
+        "S",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(0.5),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.Uniform(0, 1)},
+        population_size=2,
+        max_generations=2,
+        seed=1,
+    )
+    db.add_experiment(experiment)
+    scores = iter([0.9, 0.1, 0.95])
+    with pytest.raises(schedy.errors.NoJobError):
+        while True:
+            with experiment.next_job(timeout=0) as job:
+                job.results["acc"] = next(scores)
+    shown = cli.ok("show", "S")
+    population = shown.split("Population")[1].split("Best")[0]
+    rows = [cells(line) for line in population.splitlines() if line.startswith("| ")]
+    assert rows[0][3] == "status"
+    statuses = {row[0]: row[3] for row in rows[1:]}
+    assert statuses["0"] == "ended"  # its schedule's normal end: nothing to explain
+    assert statuses["1"].startswith("ended: straggler: in the bottom")
+    assert (
+        "member 1 ended: straggler: in the bottom at generation 0 while every better member "
+        "has finished its schedule, so there is nothing to copy"
+    ) in shown.splitlines()

@@ -55,6 +55,7 @@ def test_a_schema_1_sqlite_store_is_migrated_and_goes_on(tmp_path: Path) -> None
             (0, 2, "RUNNING"),
         ]
         assert jobs[0].results["model_path"] == f"ckpt/{jobs[0].id}.pt"
+        assert [m.ended_reason for m in toy.population()] == [None, None]
         # The population goes on: the RUNNING job's lease has long expired, so
         # member 0 is ready again, and both members continue their lineages.
         claimed = []
@@ -100,6 +101,7 @@ def test_a_schema_1_store_is_migrated_on_every_database(sql_url: str) -> None:
         connection.exec_driver_sql("ALTER TABLE schedy_jobs DROP COLUMN start_results")
         connection.exec_driver_sql("ALTER TABLE schedy_jobs DROP COLUMN claim_key")
         connection.exec_driver_sql("DROP TABLE schedy_tokens")
+        connection.exec_driver_sql("ALTER TABLE schedy_members DROP COLUMN ended_reason")
         _set_version(connection, 1)
     engine.dispose()
     with schedy.SchedyDB(sql_url) as db:
@@ -109,6 +111,43 @@ def test_a_schema_1_store_is_migrated_on_every_database(sql_url: str) -> None:
             assert job.hyperparameters == {"x": 1} and job.results == {"r": 2}
         experiment.add_job(hyperparameters={"x": 2}, results={"r": 3})
         assert [job.results for job in experiment.all_jobs()] == [{"r": 2}, {"r": 3}]
+
+
+def _pruned_pbt_member(experiment: schedy.Experiment) -> schedy.Job:
+    job = experiment.next_job(timeout=0)
+    job.status = schedy.Job.PRUNED
+    job.put()
+    return job
+
+
+def test_a_schema_4_store_gains_ended_reasons(sql_url: str) -> None:
+    with schedy.SchedyDB(sql_url) as db:
+        experiment = schedy.PopulationBasedTraining(
+            "p",
+            schedy.pbt.MAXIMIZE,
+            "acc",
+            schedy.pbt.Truncate(),
+            initial_distributions={"lr": schedy.random.Uniform(0, 1)},
+            population_size=2,
+            seed=1,
+        )
+        db.add_experiment(experiment)
+        _pruned_pbt_member(experiment)
+    # Turn it into schema 4: members without ended_reason.
+    engine = sa.create_engine(sql_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE schedy_members DROP COLUMN ended_reason")
+        _set_version(connection, 4)
+    engine.dispose()
+    with schedy.SchedyDB(sql_url) as db:
+        assert _version(sql_url) == SCHEMA_VERSION
+        experiment = db.get_experiment("p")
+        # A member that ended before schedy recorded why: ended, reason unknown.
+        (old,) = experiment.population()
+        assert old.ended and old.ended_reason is None
+        pruned = _pruned_pbt_member(experiment)
+        reasons = [member.ended_reason for member in experiment.population()]
+        assert reasons == [None, f"its job {pruned.id} was pruned"]
 
 
 def test_a_newer_schema_is_refused_and_left_as_is(tmp_path: Path) -> None:

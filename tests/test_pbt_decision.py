@@ -204,7 +204,12 @@ def test_member_without_good_job_retries_or_is_retired() -> None:
     no_dists = schedy.PopulationBasedTraining(
         "e", "max", "acc", schedy.pbt.Truncate(), population_size=1
     )
-    assert isinstance(no_dists._scheduler.decide(_state([hopeless])), EndMember)
+    retired = no_dists._scheduler.decide(_state([hopeless]))
+    assert isinstance(retired, EndMember)
+    assert retired.reason == (
+        "its first job crashed 3 times in a row (max_member_crashes=3) and nothing can "
+        "replace it (no initial_distributions)"
+    )
     fresh = _experiment(population_size=1)._scheduler.decide(_state([hopeless]))
     assert isinstance(fresh, CreateJob) and fresh.generation == 0 and fresh.parent_id is None
 
@@ -374,7 +379,8 @@ def test_synchronous_barrier_release_on_crash_through_the_transitions() -> None:
     decision = scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member == 3
     # Retired after crashing too often: the others go on.
-    members[3] = scheduler.member_retired(members[3])
+    members[3] = scheduler.member_retired(members[3], "crashed 3 times in a row")
+    assert members[3].ended and members[3].ended_reason == "crashed 3 times in a row"
     decision = scheduler.decide(_state(members))
     assert isinstance(decision, CreateJob) and decision.member != 3
 
@@ -433,4 +439,8 @@ def test_a_retired_straggler_lets_the_experiment_finish() -> None:
     ]
     plan = scheduler.plan_claim(_state(members))
     assert [r.member for r in plan.retired] == [3]
+    # What the store writes for it: ended, with the reason the decision gave.
+    (written,) = [after for _, after in plan.members if after.index == 3]
+    assert written.ended and written.ended_reason == plan.retired[0].reason
+    assert written.ended_reason.startswith("straggler: in the bottom at generation 1")
     assert isinstance(plan.decision, Exhausted) and plan.decision.finish

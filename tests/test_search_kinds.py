@@ -206,7 +206,9 @@ def test_a_crashed_job_is_retried_then_its_configuration_retired() -> None:
     assert (decision.member, decision.generation, decision.parent_id) == (0, 1, "h0")
     assert decision.results == {"model_path": "ckpt/h0"}
     state.members[0] = crashed._replace(crashes=2)
-    assert isinstance(scheduler.decide(state), EndMember)
+    retired = scheduler.decide(state)
+    assert isinstance(retired, EndMember)
+    assert retired.reason == "its job crashed 2 times in a row (max_member_crashes=2)"
 
 
 def test_queued_jobs_become_configurations_and_the_budget_of_configurations_ends_it() -> None:

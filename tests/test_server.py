@@ -492,6 +492,11 @@ def test_records_survive_the_wire_and_unknown_fields_are_ignored() -> None:
     assert _wire.decode_claim(_wire.decode(_wire.encode(_wire.encode_claim(claim)))) == claim
     member = MemberRecord(0, head_id="j", score=0.5)
     assert _wire.decode_members([_wire.encode_member(member)]) == [member]
+    retired = member._replace(ended=True, ended_reason="straggler: nothing to copy")
+    assert _wire.decode_members([_wire.encode_member(retired)]) == [retired]
+    # A server from before ended_reason sends none: read as unknown, not refused.
+    older = {k: v for k, v in _wire.encode_member(retired).items() if k != "ended_reason"}
+    assert _wire.decode_members([older]) == [retired._replace(ended_reason=None)]
     with pytest.raises(ServerError, match="incomplete record"):
         _wire.decode_job({"id": "j"})
     with pytest.raises(ServerError, match="not an object"):

@@ -494,6 +494,52 @@ def test_pbt_member_that_keeps_crashing_copies_a_top_member(db: schedy.SchedyDB)
     assert job.exploited_from is not None  # crashed twice: replaced by a copy
 
 
+def test_a_retired_straggler_keeps_why_it_ended(db: schedy.SchedyDB) -> None:
+    # Member 1 is in the bottom at generation 0 while member 0 has finished its
+    # schedule: nothing to copy, so PBT ends it -- and says why, in population().
+    db.add_experiment(_pbt(population=2, exploit=schedy.pbt.Truncate(0.5), max_generations=2))
+    experiment = db.get_experiment("pbt")
+    scores = iter([0.9, 0.1, 0.95])
+    with pytest.raises(NoJobError):
+        while True:
+            _finish(experiment.next_job(timeout=0), next(scores))
+    members = {member.index: member for member in experiment.population()}
+    assert members[0].ended and members[0].ended_reason is None  # its schedule's normal end
+    assert members[1].ended and members[1].head_generation == 0
+    assert members[1].ended_reason is not None
+    assert members[1].ended_reason.startswith("straggler: in the bottom at generation 0")
+    assert "every better member has finished" in members[1].ended_reason
+
+
+def test_a_member_retired_for_crashing_keeps_why_it_ended(db: schedy.SchedyDB) -> None:
+    # PBT from a hand-queued job only (no initial_distributions): a member whose
+    # first job keeps crashing has nothing to start afresh from, so it is retired.
+    db.add_experiment(_pbt(population=None, initial_distributions=None, max_member_crashes=2))
+    experiment = db.get_experiment("pbt")
+    experiment.add_job(hyperparameters={"lr": 0.01})
+    for _ in range(2):
+        with pytest.raises(RuntimeError), experiment.next_job(timeout=0):
+            raise RuntimeError("out of memory")
+    with pytest.raises(NoJobError):
+        experiment.next_job(timeout=0)
+    (member,) = experiment.population()
+    assert member.ended and member.crashes == 2
+    assert member.ended_reason == (
+        "its first job crashed 2 times in a row (max_member_crashes=2) and nothing can "
+        "replace it (no initial_distributions)"
+    )
+
+
+def test_a_pruned_member_keeps_why_it_ended(db: schedy.SchedyDB) -> None:
+    db.add_experiment(_pbt(population=1))
+    experiment = db.get_experiment("pbt")
+    job = experiment.next_job()
+    job.status = schedy.Job.PRUNED
+    job.put()
+    (member,) = experiment.population()
+    assert member.ended and member.ended_reason == f"its job {job.id} was pruned"
+
+
 def test_delete_member_job_frees_member(db: schedy.SchedyDB) -> None:
     db.add_experiment(_pbt(population=1))
     experiment = db.get_experiment("pbt")

@@ -280,11 +280,14 @@ def test_a_member_retired_early_gets_a_line(db: schedy.SchedyDB) -> None:
             with experiment.next_job(timeout=0) as job:
                 job.results["acc"] = next(scores)
     early = [
-        f"member {m.index} retired at generation {m.head_generation}"
+        f"member {m.index} retired at generation {m.head_generation}: {m.ended_reason}"
         for m in experiment.population()
         if m.ended and (m.head_generation or 0) + 1 < 2
     ]
-    assert early == ["member 1 retired at generation 0"]
+    assert early == [
+        "member 1 retired at generation 0: straggler: in the bottom at generation 0 while "
+        "every better member has finished its schedule, so there is nothing to copy"
+    ]
     assert watcher.retired() == early
     assert watcher.retired() == []  # said once
 
@@ -416,6 +419,34 @@ def test_top_follows_a_running_experiment_until_done(db: schedy.SchedyDB) -> Non
     assert "★ 1" in last  # the best member's row is marked
     assert "DONE" in last and "jobs 5 done of 5" in last
     assert "schedy does not store which worker or host" in last
+
+
+def test_top_says_why_a_member_ended_early(db: schedy.SchedyDB) -> None:
+    pytest.importorskip("rich")
+    from schedy.cli._top import run_top
+
+    experiment = schedy.PopulationBasedTraining(
+        "straggling",
+        schedy.pbt.MAXIMIZE,
+        "acc",
+        exploit=schedy.pbt.Truncate(0.5),
+        explore={"lr": schedy.pbt.Perturb()},
+        initial_distributions={"lr": schedy.random.Uniform(0, 1)},
+        population_size=2,
+        max_generations=2,
+        seed=1,
+    )
+    db.add_experiment(experiment)
+    scores = iter([0.9, 0.1, 0.95])  # member 1 ends as a straggler, then DONE
+    with contextlib.suppress(schedy.errors.NoJobError):
+        while True:
+            with experiment.next_job(timeout=0) as job:
+                job.results["acc"] = next(scores)
+    console = recording_console()
+    assert run_top(experiment, 0.5, console=console) == 0  # type: ignore[arg-type]
+    shown = console.export_text()  # type: ignore[attr-defined]
+    assert "ended early" in shown and "ended early:" in shown
+    assert "member 1 ended: straggler: in the bottom at generation 0" in shown
 
 
 def test_top_ends_quietly_on_ctrl_c(

@@ -319,9 +319,13 @@ class SuccessiveHalvingScheduler(Scheduler):
         # configuration retired once it keeps crashing.
         for member in members:
             if member.ready and member.crashes:
-                if member.crashes >= self.max_member_crashes or member.last_id is None:
+                if member.last_id is None:  # the crashed job was deleted
+                    return EndMember(member.index, "its crashed job was deleted: nothing to retry")
+                if member.crashes >= self.max_member_crashes:
                     return EndMember(
-                        member.index, f"its job crashed {member.crashes} times in a row"
+                        member.index,
+                        f"its job crashed {member.crashes} times in a row "
+                        f"(max_member_crashes={self.max_member_crashes})",
                     )
                 last = state.load_job(member.last_id)
                 return CreateJob(

@@ -370,8 +370,9 @@ class PBTScheduler(Scheduler):
                 # finished members already hold the result -- stop spending on it.
                 return EndMember(
                     member.index,
-                    f"a straggler: in the bottom at generation {member.head_generation} "
-                    "while every better member has finished its schedule (nothing to copy)",
+                    f"straggler: in the bottom at generation {member.head_generation} "
+                    "while every better member has finished its schedule, so there is "
+                    "nothing to copy",
                 )
         if (in_bottom or keeps_crashing) and top:
             chosen = state.rng.choice(top)
@@ -409,7 +410,16 @@ class PBTScheduler(Scheduler):
                     member=member.index,
                     generation=0,
                 )
-            return EndMember(member.index, "its first job kept crashing and nothing can replace it")
+            if member.last_id is None:  # its job was deleted: nothing to retry
+                why = "its first job was deleted"
+            else:
+                why = (
+                    f"its first job crashed {member.crashes} times in a row "
+                    f"(max_member_crashes={self.max_member_crashes})"
+                )
+            return EndMember(
+                member.index, f"{why} and nothing can replace it (no initial_distributions)"
+            )
         last = state.load_job(member.last_id)
         return CreateJob(
             last.hyperparameters,

@@ -253,7 +253,7 @@ class Scheduler(abc.ABC):
             retired.append(decision)
             for position, member in enumerate(state.members):
                 if member.index == decision.member:
-                    state.members[position] = after = self.member_retired(member)
+                    state.members[position] = after = self.member_retired(member, decision.reason)
                     written[member.index] = (written.get(member.index, (member,))[0], after)
             decision = self.decide(state)
         if isinstance(decision, EndMember):  # pragma: no cover - each retirement ends one member
@@ -303,10 +303,11 @@ class Scheduler(abc.ABC):
         """The member once its job ``job`` ended with ``status`` (DONE, CRASHED or PRUNED).
 
         DONE makes the job the member's resume point (score, history, crash
-        count reset; the member ends at its final generation); CRASHED counts
-        a crash (the member resumes from its head, and is replaced by a copy
-        after too many); PRUNED ends the member. A job the member no longer
-        waits for (a stale one) changes nothing.
+        count reset; the member ends at its final generation, with no reason:
+        that is the normal end); CRASHED counts a crash (the member resumes
+        from its head, and is replaced by a copy after too many); PRUNED ends
+        the member, saying so. A job the member no longer waits for (a stale
+        one) changes nothing.
         """
         if member.busy_id != job.id:
             return member
@@ -324,14 +325,16 @@ class Scheduler(abc.ABC):
         elif status == JobStatus.CRASHED:
             changes["crashes"] = member.crashes + 1
         elif status == JobStatus.PRUNED:  # abandoned on purpose
-            changes["ended"] = True
+            changes.update(ended=True, ended_reason=f"its job {job.id} was pruned")
         else:
             raise ValueError(f"a job does not end with status {status!r}")
         return member._replace(**changes)
 
-    def member_retired(self, member: MemberRecord) -> MemberRecord:
-        """The member once it is retired (it keeps crashing and nothing can replace it)."""
-        return member._replace(ended=True)
+    def member_retired(self, member: MemberRecord, reason: str) -> MemberRecord:
+        """The member once it is retired for ``reason`` (it keeps crashing and
+        nothing can replace it, a straggler): the reason is kept with it, so
+        users see why a member stopped before its schedule's end."""
+        return member._replace(ended=True, ended_reason=reason)
 
     def job_deleted(self, member: MemberRecord, job_id: str) -> MemberRecord:
         """The member once job ``job_id`` is deleted: it is no longer its resume

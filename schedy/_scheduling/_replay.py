@@ -105,7 +105,11 @@ class ReplayScheduler(Scheduler):
         if member.busy_id is not None:
             return Wait("the replay's one job is running (a schedule is trained in order)")
         if member.crashes >= self.max_member_crashes:
-            return EndMember(member.index, f"a step crashed {member.crashes} times in a row")
+            return EndMember(
+                member.index,
+                f"a step crashed {member.crashes} times in a row "
+                f"(max_member_crashes={self.max_member_crashes})",
+            )
         step = 0 if member.head_generation is None else member.head_generation + 1
         results: dict[str, Any] = {}
         if member.head_id is not None:

@@ -17,6 +17,7 @@ import sys
 import time
 from datetime import datetime
 
+from .._progress import ended_early
 from .._records import MemberRecord
 from ..experiments import Experiment, PopulationBasedTraining
 from ._base import Commands, Store, UsageError, emit
@@ -25,9 +26,15 @@ from ._table import SCHEDY, Table, describe_experiment, describe_job, schedule_t
 __all__ = ["setup"]
 
 
+#: At most this many members' reasons for ending are listed under the population.
+_MAX_REASONS = 20
+
+
 def _member_status(member: MemberRecord) -> str:
+    """``ended: why`` for a member ended early (the table cuts it; the full text
+    follows the table), ``ended`` for the normal end, else busy or ready."""
     if member.ended:
-        return "ended"
+        return "ended" if member.ended_reason is None else f"ended: {member.ended_reason}"
     return "busy" if member.busy_id is not None else "ready"
 
 
@@ -58,6 +65,10 @@ def _show_population(exp: PopulationBasedTraining) -> None:
     size = exp.population_size or len(members)
     print(f"\nPopulation ({len(members)} of {size} members):")
     print(_population_table(exp, members).render())
+    reasons = ended_early(members, _MAX_REASONS)
+    if reasons:
+        print("\nWhy members ended early:")
+        print("\n".join(reasons))
     # The best job ever (experiment.best(), as everywhere), not the best current head.
     best = exp.best()
     if best is None:

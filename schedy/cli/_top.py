@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .._progress import FinishedJobs, describe, short
+from .._progress import FinishedJobs, describe, ended_early, short
 from .._records import ExperimentStatus, MemberRecord
 from ..errors import SchedyError
 from ..experiments import Experiment
@@ -149,8 +149,8 @@ class _View:
             head = self.watcher.job(member.head_id)
             busy = self.watcher.job(member.busy_id)
             current = busy or head
-            if member.ended:
-                status = "ended"
+            if member.ended:  # the reason, if any, is listed under the table in full
+                status = "ended" if member.ended_reason is None else "ended early"
             elif busy is not None:
                 status = "running" if busy.status == "RUNNING" else busy.status.lower()
             else:
@@ -199,6 +199,10 @@ class _View:
         parts: list[RenderableType] = [self._header(), Text("")]
         if self.members:
             parts.append(self._members_table())
+            reasons = ended_early(self.members, RECENT)
+            if reasons:
+                parts.append(Text("\nended early:", style="bold"))
+                parts.extend(Text(line) for line in reasons)
         elif self.watcher.open:
             parts.append(self._jobs_table())
         else:

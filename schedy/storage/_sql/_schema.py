@@ -23,6 +23,10 @@ History:
    ``ix_schedy_jobs_exp_status_lease`` on ``(experiment_id, status,
    lease_expires_at)``, so a claim finds the expired leases among
    thousands of running jobs by a range, not by reading them all.
+5. ``schedy_members.ended_reason``: why a member was ended before its
+   schedule's normal end (a straggler, kept crashing, pruned), so users see
+   it with the population instead of in a worker's log (NULL: the normal
+   end, a live member, or a member that ended before schema 5).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from sqlalchemy.engine import Connection
 __all__ = ["SCHEMA_VERSION", "create_or_migrate", "read_version"]
 
 #: Bump when the schema changes, and add a migration to ``MIGRATIONS``.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _metadata = sa.MetaData()
 
@@ -123,6 +127,8 @@ _members = sa.Table(
     # Recent (generation, score) pairs along the member's lineage, so members
     # at different generations can be compared at equal training progress.
     sa.Column("history", sa.Text),
+    # Schema 5: why the member ended early (see the module docstring).
+    sa.Column("ended_reason", sa.Text),
     # Schema 4: the ready member that waited longest is the first entry of
     # (ended = false, busy_id IS NULL) in this index.
     sa.Index("ix_schedy_members_ready", "experiment_id", "ended", "busy_id", "ready_since", "idx"),
@@ -170,11 +176,16 @@ def _add_scale_indexes(connection: Connection) -> None:
                 index.create(connection, checkfirst=True)
 
 
+def _add_ended_reason(connection: Connection) -> None:
+    connection.execute(sa.text("ALTER TABLE schedy_members ADD COLUMN ended_reason TEXT"))
+
+
 #: version -> function upgrading a store from ``version - 1``.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _add_start_results,
     3: _add_claim_keys_and_tokens,
     4: _add_scale_indexes,
+    5: _add_ended_reason,
 }
 
 

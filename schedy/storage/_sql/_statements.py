@@ -101,7 +101,8 @@ JobRow = namedtuple(
 )
 ExpiredRow = namedtuple("ExpiredRow", "seq id member generation lease_expires_at")
 _MEMBER_COLUMNS = (
-    "idx, head_id, head_generation, score, busy_id, last_id, crashes, ended, ready_since, history"
+    "idx, head_id, head_generation, score, busy_id, last_id, crashes, ended, ready_since, history, "
+    "ended_reason"
 )
 
 # -- experiments ------------------------------------------------------------------
@@ -302,8 +303,9 @@ def members_in(count: int) -> Statement:
 
 _INSERT_MEMBER = Statement(
     "INSERT INTO schedy_members (experiment_id, idx, head_id, head_generation, score, busy_id, "
-    "last_id, crashes, ended, ready_since, history) VALUES (:experiment_id, :index, :head_id, "
-    ":head_generation, :score, :busy_id, :last_id, :crashes, :ended, :ready_since, :history)"
+    "last_id, crashes, ended, ready_since, history, ended_reason) VALUES (:experiment_id, "
+    ":index, :head_id, :head_generation, :score, :busy_id, :last_id, :crashes, :ended, "
+    ":ready_since, :history, :ended_reason)"
 )
 _MEMBER_KEY = "experiment_id = :key_experiment_id AND idx = :key_idx"
 #: MemberRecord field -> its column.
