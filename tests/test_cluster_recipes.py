@@ -161,3 +161,12 @@ def test_the_manifests_refer_to_what_they_define() -> None:
     server = next(document for document in documents if document["kind"] == "Deployment")
     probe = server["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
     assert probe["httpGet"]["path"] == "/api/v1/health"
+    # Checkpoints through the servers: every replica serves one artifact store,
+    # and the workers mount nothing.
+    pod = server["spec"]["template"]["spec"]
+    assert "--artifacts /artifacts" in pod["containers"][0]["args"][0]
+    (volume,) = pod["volumes"]
+    claim = volume["persistentVolumeClaim"]["claimName"]
+    assert ("PersistentVolumeClaim", claim) in defined
+    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/artifacts"
+    assert "volumes" not in workers["spec"]["template"]["spec"]
