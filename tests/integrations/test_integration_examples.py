@@ -60,12 +60,14 @@ def test_the_example_runs_a_whole_experiment_under_schedy_worker(
     jobs = list(experiment.all_jobs())
     assert all(job.status == schedy.Job.DONE for job in jobs), [job.error for job in jobs]
     by_id = {job.id: job for job in jobs}
-    # Each of the 4 members trained to its third generation. How many jobs that
-    # took depends on timing (an exploit copies the donor's generation), so the
-    # lineage is checked instead of a count.
+    # Each of the 4 members trained to its third generation, or was ended early
+    # as a straggler, saying why. How many jobs that took depends on timing (an
+    # exploit copies the donor's generation), so the lineage is checked instead.
     members = experiment.population()
     assert len(members) == 4
-    assert all(member.ended and member.head_generation == 2 for member in members)
+    for member in members:
+        assert member.ended
+        assert member.head_generation == 2 or "straggler" in (member.ended_reason or ""), member
     for job in jobs:
         parent = by_id.get(job.parent_id) if job.parent_id else None
         assert job.generation == (0 if parent is None else parent.generation + 1)
