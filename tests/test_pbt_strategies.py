@@ -304,7 +304,7 @@ SIZES = [16, 32, 64, 128]
         (Shift([1.0, 2.0]), 1, {2.0}),
         (Shift(Choice(SIZES)), 128, {64}),
     ],
-    ids=repr,
+    ids=lambda value: repr(sorted(value, key=repr) if isinstance(value, set) else value),
 )
 def test_shift_moves_to_a_neighbour(strategy: Shift, value: Any, reached: set[Any]) -> None:
     rng = random.Random(8)
