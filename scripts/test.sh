@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+# Two test processes (pytest-xdist; one test file stays in one process, so a
+# file's fixtures are built once): most end-to-end tests wait on worker
+# processes, servers and leases, so two overlap well even on 2 cores.
+# SCHEDY_TEST_PROCESSES=0 runs them in this process.
+.venv/bin/python -m pytest -n "${SCHEDY_TEST_PROCESSES:-2}" --dist loadfile "$@"
