@@ -3,9 +3,10 @@
 Each logical worker is a thread doing what a worker process does, through
 schedy's HTTP client (``HTTPStorage``, the storage behind
 ``SchedyDB('http://…')``): claim a PBT job, "train" for a duration drawn
-uniformly from ``--job-seconds`` (a few seconds: a real job's minutes,
-scaled down), renew its lease every ``--heartbeat-seconds`` meanwhile (the
-lease is 3 heartbeats), then report a result and end the job DONE. The
+uniformly from ``--job-seconds`` (1-3 minutes; ``10,30`` with
+``--heartbeat-seconds 5`` is a stress setting), renew its lease every
+``--heartbeat-seconds`` meanwhile (20 s, a job's default: the lease is 3
+heartbeats), then report a result and end the job DONE. The
 threads are spread over ``--processes`` processes, and every other worker
 talks to the other replica. Workers start at random moments within the
 first job duration (a fleet does not start in one instant) and only claims
@@ -240,13 +241,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--job-seconds",
         type=lambda text: tuple(float(x) for x in text.split(",")),
-        default=(10.0, 30.0),
-        help="a job's duration is drawn uniformly from LOW,HIGH seconds (default 10,30)",
+        default=(60.0, 180.0),
+        help="a job's duration is drawn uniformly from LOW,HIGH seconds (default 60,180)",
     )
     parser.add_argument(
-        "--heartbeat-seconds", type=float, default=5.0, help="lease renewal interval (5)"
+        "--heartbeat-seconds",
+        type=float,
+        default=20.0,
+        help="lease renewal interval (20: a job's default, a third of its 60 s lease)",
     )
-    parser.add_argument("--warmup", type=float, default=30.0, help="seconds not counted (30)")
+    parser.add_argument("--warmup", type=float, default=40.0, help="seconds not counted (40)")
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds measured (60)")
     parser.add_argument(
         "--postgres",
