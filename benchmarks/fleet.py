@@ -14,7 +14,9 @@ after ``--warmup`` seconds are counted.
 
 Reported: claim latency p50/p90/p99 (a claim is one request: the server
 decides inside one database transaction), heartbeat latency, jobs finished
-per second, and the load on the database -- PostgreSQL's committed
+per second (a job still training when the run stops reports at that moment,
+with every other such job: that burst is shown apart, not as finishes), and
+the load on the database -- PostgreSQL's committed
 transactions per second (``pg_stat_database.xact_commit`` of the scratch
 database over the measured window) against the requests per second the
 workers made, split into claims, heartbeats and finishes, so the share of
@@ -105,6 +107,11 @@ def logical_worker(
                 done = time.perf_counter()
                 if done - out["t0"] >= args.warmup:
                     out["heartbeats"].append(done - beat)
+            # The run's end is no job's end: a job still training when the run
+            # stops is reported too (so it ends DONE), but every training worker
+            # does so in the same instant -- a burst no fleet makes, queued on
+            # the experiment's lock -- so it is counted apart from the finishes.
+            burst = stop.is_set()
             q = float(job.hyperparameters["q"])
             results = dict(job.results, acc=q + 0.01 * (job.generation or 0) + rng.random() / 100)
             begun = time.perf_counter()
@@ -115,7 +122,9 @@ def logical_worker(
                 lease_token=job.lease_token,
             )
             finished = time.perf_counter()
-            if finished - out["t0"] >= args.warmup:
+            if burst:
+                out["burst"].append(finished - begun)
+            elif finished - out["t0"] >= args.warmup:
                 out["finishes"].append(finished - begun)
     except Exception:
         out["errors"].append(traceback.format_exc())
@@ -129,6 +138,7 @@ def fleet_process(
         "claims": [],
         "heartbeats": [],
         "finishes": [],
+        "burst": [],
         "ids": [],
         "errors": [],
         "waited": [],  # lists: appends are atomic across threads, += is not
@@ -315,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     claims = [x for r in reports for x in r["claims"]]
     beats = [x for r in reports for x in r["heartbeats"]]
     finishes = [x for r in reports for x in r["finishes"]]
+    burst = [x for r in reports for x in r["burst"]]
     ids = [x for r in reports for x in r["ids"]]
     errors = [x for r in reports for x in r["errors"]]
     tps = (after - before) / window
@@ -330,7 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "heartbeat_p50_s": quantile(beats, 0.5),
         "heartbeat_p99_s": quantile(beats, 0.99),
         "jobs_done_per_s": len(finishes) / args.seconds,
+        "finishes": len(finishes),
         "finish_p50_s": quantile(finishes, 0.5),
+        "finish_p99_s": quantile(finishes, 0.99),
+        "stop_burst_reports": len(burst),
+        "stop_burst_p50_s": quantile(burst, 0.5),
+        "stop_burst_max_s": max(burst, default=float("nan")),
         "db_commits_per_s": tps,
         "requests_per_s": requests,
         "heartbeat_share_of_requests": len(beats)
@@ -352,7 +368,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"jobs done     {result['jobs_done_per_s']:8.1f}/s   p50 "
-        f"{ms(result['finish_p50_s'])} per finish"
+        f"{ms(result['finish_p50_s'])}  p99 {ms(result['finish_p99_s'])} per finish "
+        f"({len(finishes)} in the window)"
+    )
+    print(
+        f"at the stop   {len(burst)} training workers reported at once: p50 "
+        f"{ms(result['stop_burst_p50_s'])}, the last {ms(result['stop_burst_max_s'])} "
+        "(not counted above)"
     )
     print(
         f"database      {tps:8.1f} commits/s for {requests:.1f} requests/s "
