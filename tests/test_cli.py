@@ -528,7 +528,8 @@ print("training", job, flush=True)
 if mode == "sleep":
     open("started", "w").close()
     try:
-        time.sleep(30)
+        for _ in range(300):  # short steps: a signal landing just before one long
+            time.sleep(0.1)  # sleep() call would wait for its end
     except KeyboardInterrupt:
         print("child interrupted", flush=True)
         sys.exit(130)

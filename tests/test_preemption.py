@@ -17,7 +17,8 @@ WORKER = textwrap.dedent(
     for job in experiment.jobs():
         with job:
             print("training", job.id, flush=True)
-            time.sleep(120)
+            for _ in range(1200):  # steps: a signal landing just before one long
+                time.sleep(0.1)  # sleep() call would wait for its end
     """
 )
 

@@ -169,7 +169,8 @@ SLOW_LAUNCHER = textwrap.dedent(
 
     def slow(job):
         job.results['acc'] = 1.0
-        time.sleep(600)  # interrupted long before
+        for _ in range(6000):  # interrupted long before; short steps, since a signal
+            time.sleep(0.1)  # landing just before one long sleep() waits for its end
 
     if __name__ == '__main__':
         sys.exit(schedy.run_workers(slow, 'pbt', workers=2, db=sys.argv[1], gpus=[], grace=20))
@@ -238,7 +239,8 @@ STUBBORN = textwrap.dedent(
         signal.signal(getattr(signal, "SIG" + name), signal.SIG_IGN)
     try:
         print("ready", flush=True)
-        time.sleep(60)
+        for _ in range(600):  # short steps: see SLOW_LAUNCHER
+            time.sleep(0.1)
     except KeyboardInterrupt:
         print("last words", flush=True)
         sys.exit(130)
@@ -355,7 +357,8 @@ PREEMPTED_WORKER = textwrap.dedent(
     experiment = schedy.SchedyDB(lease_seconds=600).get_experiment(os.environ['SCHEDY_EXPERIMENT'])
     with experiment.next_job() as job:
         job.results['acc'] = 1.0
-        time.sleep(120)
+        for _ in range(1200):  # short steps: see SLOW_LAUNCHER
+            time.sleep(0.1)
     """
 )
 
