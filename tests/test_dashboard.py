@@ -462,8 +462,9 @@ class _Chromium:
             raise AssertionError(f"{expression}: {found['exceptionDetails']}")
         return found["result"].get("value")
 
-    def wait_for(self, expression: str, seconds: float = 10.0) -> Any:
-        """The value of ``expression`` once it is truthy, polled against a deadline."""
+    def wait_for(self, expression: str, seconds: float = 30.0) -> Any:
+        """The value of ``expression`` once it is truthy, polled against a deadline
+        (a generous one: on a loaded 2-core machine the plots once took over 10 s)."""
         deadline = time.monotonic() + seconds
         while True:
             value = self.evaluate(expression)
