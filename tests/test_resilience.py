@@ -479,7 +479,7 @@ _WORKER = textwrap.dedent(
     url, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
     claimed, errors = [], []
     try:
-        db = schedy.SchedyDB(url, lease_seconds=24)
+        db = schedy.SchedyDB(url, lease_seconds=36)
         experiment = db.get_experiment("pbt")
         while True:  # the README loop
             try:
@@ -579,11 +579,13 @@ def test_workers_ride_out_a_server_killed_and_restarted(
             )
 
         # Four workers with short jobs, two whose jobs outlive a lease renewal
-        # (every 8 s) and so renew across the outages.
+        # (every 12 s) and so renew across the outages. The lease (36 s) must
+        # outlast a renewal interval plus the longest outage and the restart
+        # after it (12 + 11 + a few s): with 24 s a loaded machine lost one.
         def report(index: int, seconds: float) -> list[str]:
             return [str(tmp_path / f"worker-{index}.json"), str(seconds)]
 
-        for index, seconds in enumerate((0.2, 0.3, 0.2, 0.4, 9.0, 9.0)):
+        for index, seconds in enumerate((0.2, 0.3, 0.2, 0.4, 13.0, 13.0)):
             with open(tmp_path / f"worker-{index}.log", "wb") as output:
                 workers.append(
                     subprocess.Popen(
