@@ -476,10 +476,10 @@ _WORKER = textwrap.dedent(
     import schedy
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    url, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    url, out, seconds, lease = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     claimed, errors = [], []
     try:
-        db = schedy.SchedyDB(url, lease_seconds=36)
+        db = schedy.SchedyDB(url, lease_seconds=lease)
         experiment = db.get_experiment("pbt")
         while True:  # the README loop
             try:
@@ -545,7 +545,16 @@ class _Server:
 #: Down times of the successive SIGKILLs: from a blink to beyond the old 10 s retry.
 #: The outages per backend: short and long ones split between the two, so the
 #: suite pays for four restarts, not eight (the server under test is the same).
-_DOWN_S = {"sqlite": (0.5, 4.0), "postgresql": (1.5, 11.0)}
+#: ``SCHEDY_RESTART_DOWN_S=0.5,2,5,8,12,20`` gives both backends those outages,
+#: for a deep run by hand (the lease grows with the longest one).
+_DOWN_S: dict[str, tuple[float, ...]] = (
+    dict.fromkeys(
+        ("sqlite", "postgresql"),
+        tuple(float(s) for s in os.environ["SCHEDY_RESTART_DOWN_S"].split(",")),
+    )
+    if os.environ.get("SCHEDY_RESTART_DOWN_S")
+    else {"sqlite": (0.5, 4.0), "postgresql": (1.5, 11.0)}
+)
 
 
 @pytest.mark.slow
@@ -579,13 +588,16 @@ def test_workers_ride_out_a_server_killed_and_restarted(
             )
 
         # Four workers with short jobs, two whose jobs outlive a lease renewal
-        # (every 12 s) and so renew across the outages. The lease (36 s) must
-        # outlast a renewal interval plus the longest outage and the restart
-        # after it (12 + 11 + a few s): with 24 s a loaded machine lost one.
-        def report(index: int, seconds: float) -> list[str]:
-            return [str(tmp_path / f"worker-{index}.json"), str(seconds)]
+        # (every third of the lease) and so renew across the outages. The lease
+        # (36 s by default) must outlast a renewal interval plus the longest
+        # outage and the restart after it (12 + 11 + a few s): with 24 s a
+        # loaded machine lost one.
+        lease = max(36.0, 2 * (max(_DOWN_S[backend]) + 7))
 
-        for index, seconds in enumerate((0.2, 0.3, 0.2, 0.4, 13.0, 13.0)):
+        def report(index: int, seconds: float) -> list[str]:
+            return [str(tmp_path / f"worker-{index}.json"), str(seconds), str(lease)]
+
+        for index, seconds in enumerate((0.2, 0.3, 0.2, 0.4, lease / 3 + 1, lease / 3 + 1)):
             with open(tmp_path / f"worker-{index}.log", "wb") as output:
                 workers.append(
                     subprocess.Popen(
@@ -609,7 +621,7 @@ def test_workers_ride_out_a_server_killed_and_restarted(
             experiment.max_generations = 2  # each member's next job is its last
             experiment.push_updates()
             for worker in workers:
-                worker.wait(timeout=60)
+                worker.wait(timeout=60 + 2 * lease)
             jobs = list(experiment.all_jobs())
             finished = db.get_experiment("pbt").status
     finally:
