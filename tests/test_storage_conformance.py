@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -759,26 +760,37 @@ def test_a_job_with_descendants_is_not_deleted(db: schedy.SchedyDB) -> None:
     experiment.get_job(first.id).delete()  # and then its parent
 
 
+@pytest.mark.parametrize(
+    ("kind", "config", "reason"),
+    [
+        ("hyperband-9000", "{}", "unknown kind 'hyperband-9000'"),
+        ("pbt", "not json{", "configuration is not a JSON object: 'not json{'"),
+        ("pbt", "[1, 2]", "configuration is not a JSON object: '[1,2]'"),
+    ],
+    ids=["unknown-kind", "not-json", "not-an-object"],
+)
 def test_a_store_holding_an_unreadable_experiment_still_lists_and_removes(
-    db: schedy.SchedyDB, store_url: str
+    db: schedy.SchedyDB, store_url: str, tmp_path: Path, kind: str, config: str, reason: str
 ) -> None:
     # Written by a newer schedy, or by hand: the rest of the store stays usable.
-    if store_url.startswith("http"):
-        pytest.skip("written through SQL; the server runs the same SQL storage")
     import sqlalchemy as sa
 
     db.add_experiment(schedy.ManualSearch("fine"))
-    engine = sa.create_engine(store_url)
+    served = f"sqlite:///{tmp_path}/served.db"  # the server's own store (conftest)
+    engine = sa.create_engine(served if store_url.startswith("http") else store_url)
     with engine.begin() as connection:
-        connection.exec_driver_sql(
-            "INSERT INTO schedy_experiments (name, kind, status, config, claims, created_at) "
-            "VALUES ('future', 'hyperband-9000', 'RUNNING', '{}', 0, 0)"
+        connection.execute(
+            sa.text(
+                "INSERT INTO schedy_experiments (name, kind, status, config, claims, created_at) "
+                "VALUES ('future', :kind, 'RUNNING', :config, 0, 0)"
+            ),
+            {"kind": kind, "config": config},
         )
     engine.dispose()
     listed = {experiment.name: experiment for experiment in db.get_experiments()}
     assert set(listed) == {"fine", "future"}
     assert listed["fine"].unreadable is None
-    assert "unknown kind 'hyperband-9000'" in (listed["future"].unreadable or "")
+    assert reason in (listed["future"].unreadable or "")
     with pytest.raises(NoJobError, match="cannot be read"):
         db.get_experiment("future").next_job()
     db.get_experiment("future").delete()

@@ -467,4 +467,10 @@ def scheduler_for(record: ExperimentRecord) -> Scheduler:
             f"{', '.join(sorted(_KINDS))}); it was probably created by a newer schedy — "
             "upgrade schedy"
         )
+    if not isinstance(record.config, Mapping):
+        text = record.config if isinstance(record.config, str) else _values.dumps(record.config)
+        raise ValueError(
+            f"experiment {record.name!r}: its configuration is not a JSON object: "
+            f"{text[:80]!r}; remove it (schedy rm) or write it again"
+        )
     return cls.from_config(record.config)

@@ -158,9 +158,14 @@ class SQLStorage(Storage):
 
     @staticmethod
     def _experiment_record(row: Any) -> ExperimentRecord:
-        return ExperimentRecord(
-            name=row.name, kind=row.kind, status=row.status, config=_values.loads(row.config)
-        )
+        # A configuration that is not JSON (written by hand) is passed on as its
+        # text: the scheduler refuses it, so that one experiment is unreadable
+        # while the rest of the store lists, claims and removes as ever.
+        try:
+            config = _values.loads(row.config)
+        except ValueError:
+            config = row.config
+        return ExperimentRecord(name=row.name, kind=row.kind, status=row.status, config=config)
 
     @staticmethod
     def _job_record(row: Any, experiment: str) -> JobRecord:
