@@ -67,23 +67,46 @@ class TokenRole(StrEnum):
     READ = "read"
 
 
-def check_name(name: object, what: str = "an experiment name") -> str:
-    """A name every backend can store alike: a non-empty string of at most 255
-    characters, without NUL (PostgreSQL refuses it; SQLite would keep it)."""
+def check_name(
+    name: object, what: str = "an experiment name", max_length: int = MAX_NAME_LENGTH
+) -> str:
+    """A name every backend can store alike: a non-empty string of at most
+    ``max_length`` characters, without NUL (PostgreSQL refuses it; SQLite
+    would keep it) and with a UTF-8 form (a lone surrogate, which JSON's
+    ``"\\ud800"`` escape decodes to, has none: every driver would fail)."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"{what} must be a non-empty string, not {name!r}")
-    if len(name) > MAX_NAME_LENGTH:
+    if len(name) > max_length:
         raise ValueError(
-            f"{what} may have at most {MAX_NAME_LENGTH} characters, not {len(name)}: {name[:40]!r}…"
+            f"{what} may have at most {max_length} characters, not {len(name)}: {name[:40]!r}…"
         )
     if "\x00" in name:
         raise ValueError(f"{what} may not contain a NUL character: {name!r}")
+    if not _encodable(name):
+        raise ValueError(f"{what} must be valid Unicode text (it holds a lone surrogate): {name!r}")
     return name
 
 
-def is_valid_name(name: object) -> bool:
-    """Whether ``name`` could name a stored experiment (else a lookup finds nothing)."""
-    return isinstance(name, str) and 0 < len(name) <= MAX_NAME_LENGTH and "\x00" not in name
+def is_valid_name(name: object, max_length: int = MAX_NAME_LENGTH) -> bool:
+    """Whether ``name`` could name something stored (else a lookup finds nothing
+    without asking the database, which might refuse the text itself)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= max_length
+        and "\x00" not in name
+        and _encodable(name)
+    )
+
+
+def _encodable(text: str) -> bool:
+    # Plain ASCII (every id and token schedy makes) needs no encoding attempt.
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 #: The longest lease a job may hold: a lost worker's member waits at most this long.

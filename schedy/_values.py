@@ -209,6 +209,15 @@ def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=True)
 
 
+def storable_text(text: str) -> str:
+    """Free text (a traceback) as every database stores it alike: a NUL
+    (PostgreSQL refuses it) and a lone surrogate (no UTF-8 form) written as
+    their escapes, the rest unchanged."""
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def loads(text: str) -> Any:
     """Decode text written by :func:`dumps` (accepts ``NaN``/``Infinity``)."""
     return json.loads(text)

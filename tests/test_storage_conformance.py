@@ -11,6 +11,7 @@ import math
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -764,8 +765,8 @@ def test_a_job_with_descendants_is_not_deleted(db: schedy.SchedyDB) -> None:
     ("kind", "config", "reason"),
     [
         ("hyperband-9000", "{}", "unknown kind 'hyperband-9000'"),
-        ("pbt", "not json{", "configuration is not a JSON object: 'not json{'"),
-        ("pbt", "[1, 2]", "configuration is not a JSON object: '[1,2]'"),
+        ("pbt", "not json{", "configuration must be an object (in JSON), not 'not json{'"),
+        ("pbt", "[1, 2]", "configuration must be an object (in JSON), not '[1,2]'"),
     ],
     ids=["unknown-kind", "not-json", "not-an-object"],
 )
@@ -924,3 +925,83 @@ def test_paging_after_an_id_no_backend_could_store_finds_nothing(db: schedy.Sche
     db.add_experiment(experiment)
     with pytest.raises(NotFoundError):
         db._storage.list_jobs("m", after="nul\x00id")
+
+
+#: Strings no backend can store alike: a NUL (PostgreSQL refuses it), a lone
+#: surrogate (no UTF-8 form: JSON's "\ud800" escape decodes to one), too long.
+_UNSTORABLE_STRINGS = ["nul\x00", "lone\ud800", "x" * 300]
+
+
+@pytest.mark.parametrize("bad", _UNSTORABLE_STRINGS, ids=["nul", "surrogate", "long"])
+def test_no_string_argument_reaches_the_database_unchecked(db: schedy.SchedyDB, bad: str) -> None:
+    # Each call either refuses clearly (ValueError naming what, not a codec's
+    # error), finds nothing, or answers "no" -- never a database error (a 503
+    # on the server) and never a different answer on another backend.
+    from schedy._records import ExperimentRecord, JobUpdate
+    from schedy.storage._http import HTTPStorage
+
+    storage = db._storage
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    job = experiment.next_job()
+    token = job._lease_token or ""
+
+    def outcome(call: Any) -> str:
+        try:
+            answer = call()
+        except NotFoundError:
+            return "not found"
+        except UnsafeUpdateError:
+            return "unsafe"
+        except UnicodeError as error:  # a ValueError too, but says nothing useful
+            return f"codec error: {error}"
+        except ValueError:
+            return "refused"
+        return f"answered {answer!r}"
+
+    calls: dict[str, Any] = {
+        "create_experiment": lambda: storage.create_experiment(
+            ExperimentRecord(bad, "manual", "RUNNING", {})
+        ),
+        "get_experiment": lambda: storage.get_experiment(bad),
+        "delete_experiment": lambda: storage.delete_experiment(bad),
+        "get_job": lambda: storage.get_job("m", bad),
+        "delete_job": lambda: storage.delete_job("m", bad),
+        "update_job": lambda: storage.update_job("m", bad, JobUpdate(status="DONE")),
+        "update_job token": lambda: storage.update_job("m", job.id, JobUpdate(), bad),
+        "add_job value": lambda: storage.add_job("m", "QUEUED", {"x": bad}, {}),
+        "add_job key": lambda: storage.add_job("m", "QUEUED", {bad: 1}, {}),
+        "renew_lease job": lambda: storage.renew_lease("m", bad, token, 30),
+        "renew_lease token": lambda: storage.renew_lease("m", job.id, bad, 30),
+        "renew_lease experiment": lambda: storage.renew_lease(bad, job.id, token, 30),
+        "claim_job request": lambda: storage.claim_job("m", 30, bad),
+        "claim_job experiment": lambda: storage.claim_job(bad, 30),
+        "top_jobs": lambda: storage.top_jobs(bad, 1),
+        "get_members": lambda: storage.get_members(bad),
+    }
+    if not isinstance(storage, HTTPStorage):  # tokens are kept by the server's store
+        calls["revoke_token"] = lambda: storage.revoke_token(bad)
+        calls["find_token"] = lambda: storage.find_token(bad)
+    outcomes = {name: outcome(call) for name, call in calls.items()}
+    allowed = {"not found", "refused", "unsafe", "answered False", "answered None"}
+    allowed |= {o for o in outcomes.values() if o.startswith("answered JobRecord")}
+    assert {name: o for name, o in outcomes.items() if o not in allowed} == {}
+    with job:  # the job itself is untouched by all of that
+        job.results["loss"] = 1.0
+    assert experiment.get_job(job.id).status == "DONE"
+
+
+def test_an_error_no_database_can_store_as_it_is_still_ends_the_job(db: schedy.SchedyDB) -> None:
+    # The traceback is text the user's code made: a lone surrogate (no UTF-8
+    # form) or a NUL (PostgreSQL refuses it) must not leave the job RUNNING.
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with pytest.raises(RuntimeError), experiment.next_job() as job:
+        job.results["loss"] = 0.5
+        raise RuntimeError("bad \ud800 and \x00 text")
+    stored = experiment.get_job(job.id)
+    assert stored.status == "CRASHED"
+    assert stored.results == {"loss": 0.5}
+    assert "bad \\ud800 and \\x00 text" in (stored.error or "")

@@ -470,7 +470,7 @@ def scheduler_for(record: ExperimentRecord) -> Scheduler:
     if not isinstance(record.config, Mapping):
         text = record.config if isinstance(record.config, str) else _values.dumps(record.config)
         raise ValueError(
-            f"experiment {record.name!r}: its configuration is not a JSON object: "
-            f"{text[:80]!r}; remove it (schedy rm) or write it again"
+            f"experiment {record.name!r}: its configuration must be an object (in JSON), "
+            f"not {text[:80]!r}; remove it (schedy rm) or write it again"
         )
     return cls.from_config(record.config)

@@ -414,6 +414,8 @@ class HTTPStorage(Storage):
         unread (``stream=True``), for the caller to stream."""
         call = call or self._new_call(method, path, idempotent)
         data = data if body is None else _wire.encode(body)
+        if params:
+            params = {key: _query_value(value) for key, value in params.items()}
         session, adapter = self._transport()
         pause: Backoff | None = None
         while True:
@@ -938,3 +940,13 @@ def _describe(reason: BaseException) -> str:
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror[:1].lower() + reason.strerror[1:]
     return str(reason) or type(reason).__name__
+
+
+def _query_value(value: Any) -> Any:
+    """A query value as requests can send it: text with no UTF-8 form (a lone
+    surrogate) goes as its surrogate-escaped bytes, which the server reads as
+    a name nothing has -- the answer any backend gives such a name -- instead
+    of a UnicodeEncodeError raised here."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "surrogatepass")
+    return value

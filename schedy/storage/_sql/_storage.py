@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 _ENDED = (JobStatus.DONE, JobStatus.CRASHED, JobStatus.PRUNED)
 #: A stored status as its enum (one dict lookup on the hot path).
 _STATUS = {status.value: status for status in JobStatus}
+#: Job ids are schedy's own short texts; request ids and lease tokens at most twice as long.
+_MAX_ID_LENGTH = 32
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 #: The first lease of a job run by hand; its heartbeat renews it at once to its own.
 _HAND_LEASE_S = 60.0
@@ -185,10 +187,9 @@ class SQLStorage(Storage):
         )
 
     def _job_row(self, transaction: Transaction, experiment_id: int, name: str, job_id: str) -> Any:
-        valid = isinstance(job_id, str) and 0 < len(job_id) <= 32 and "\x00" not in job_id
         row = (
             sql.JOB.first(transaction, {"id": job_id, "experiment_id": experiment_id})
-            if valid
+            if is_valid_name(job_id, _MAX_ID_LENGTH)
             else None
         )
         if row is None:
@@ -369,7 +370,7 @@ class SQLStorage(Storage):
             row = self._experiment_row(transaction, experiment, False)
             start = 0
             if after is not None:
-                valid = isinstance(after, str) and 0 < len(after) <= 32 and "\x00" not in after
+                valid = is_valid_name(after, _MAX_ID_LENGTH)
                 found = (
                     sql.JOB_SEQ.first(transaction, {"id": after, "experiment_id": row.id})
                     if valid
@@ -403,8 +404,7 @@ class SQLStorage(Storage):
             results = _values.normalize_mapping(update.results, "results")
             values["results"] = _values.dumps(results)
         if update.error is not None:
-            # No database stores NUL in text alike (PostgreSQL refuses it).
-            values["error"] = update.error.replace("\x00", "\\x00")
+            values["error"] = _values.storable_text(update.error)
 
         def body(transaction: Transaction) -> JobRecord:
             exp_row = self._experiment_row(transaction, experiment, True)
@@ -449,7 +449,7 @@ class SQLStorage(Storage):
                 generation=row.generation,
                 parent_id=row.parent_id,
                 exploited_from=row.exploited_from,
-                error=row.error if update.error is None else update.error,
+                error=row.error if update.error is None else values["error"],
                 lease_token=granted,
                 created_at=row.created_at,
                 updated_at=now,
@@ -532,12 +532,8 @@ class SQLStorage(Storage):
         self, experiment: str, lease_seconds: float, request_id: str | None = None
     ) -> Claim:
         lease_seconds = check_lease_seconds(lease_seconds)
-        if request_id is not None and (
-            not isinstance(request_id, str) or not 0 < len(request_id) <= 64
-        ):
-            raise ValueError(
-                f"a claim's request id is a string of 1 to 64 characters, not {request_id!r}"
-            )
+        if request_id is not None:
+            check_name(request_id, "a claim's request id", _MAX_ID_LENGTH * 2)
         return self._db.run(lambda t: self._claim(t, experiment, lease_seconds, request_id))
 
     def _claim(
@@ -759,6 +755,11 @@ class SQLStorage(Storage):
 
         def body(transaction: Transaction) -> bool:
             exp_row = self._experiment_row(transaction, experiment, False)
+            if not (
+                is_valid_name(job_id, _MAX_ID_LENGTH)
+                and is_valid_name(lease_token, _MAX_ID_LENGTH * 2)
+            ):
+                return False  # no such job or lease could have been stored
             expires = self._db.now(transaction, exp_row) + lease_seconds
             params = {
                 "id": job_id,
@@ -829,7 +830,9 @@ class SQLStorage(Storage):
 
     def revoke_token(self, name: str) -> None:
         def body(transaction: Transaction) -> None:
-            if not sql.REVOKE_TOKEN.run(transaction, {"name": name, "now": time.time()}):
+            if not is_valid_name(name) or not sql.REVOKE_TOKEN.run(
+                transaction, {"name": name, "now": time.time()}
+            ):
                 raise NotFoundError(
                     f"no active token named {name!r}; list them with `schedy token list`"
                 )
@@ -837,6 +840,8 @@ class SQLStorage(Storage):
         self._db.run(body)
 
     def find_token(self, secret_hash: str) -> TokenRecord | None:
+        if not is_valid_name(secret_hash, _MAX_ID_LENGTH * 2):
+            return None  # no SHA-256 in hex
         row = self._db.run(
             lambda t: sql.ACTIVE_TOKEN.first(t, {"secret_hash": secret_hash}), write=False
         )
