@@ -170,3 +170,47 @@ def test_a_claim_that_waited_for_the_lock_is_stamped_after_the_wait(
         assert job.created_at >= float(released)
         job.results["acc"] = 1.0
         job.put()
+
+
+def test_a_table_changed_by_hand_is_said_so_not_blamed_on_the_connection(
+    server_db: tuple[str, sa.Engine],
+) -> None:
+    # The database answers; what it refuses is schedy's statement. Saying
+    # "check that the database is running" would send the user the wrong way.
+    url, _ = server_db
+    with schedy.SchedyDB(url) as db:
+        db.add_experiment(_pbt())
+        engine = sa.create_engine(url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE schedy_members")
+        engine.dispose()
+        with pytest.raises(StorageError) as caught:
+            db.get_experiment("pbt").population()
+    message = str(caught.value)
+    assert "Check that the database is running" not in message
+    assert "schedy_members" in message
+    assert "tables" in message and "nothing was written" in message
+
+
+def test_a_missing_permission_is_said_so(postgres_url: str, postgres_admin: sa.Engine) -> None:
+    url = sa.engine.make_url(postgres_url)
+    with schedy.SchedyDB(postgres_url) as db:
+        db.add_experiment(_pbt())
+    with postgres_admin.connect() as connection:
+        connection.exec_driver_sql("DROP ROLE IF EXISTS schedy_reader")
+        connection.exec_driver_sql("CREATE ROLE schedy_reader LOGIN")
+    try:
+        reader = url.set(username="schedy_reader").render_as_string(False)
+        with pytest.raises(StorageError) as caught, schedy.SchedyDB(reader) as db:
+            db.get_experiments()
+        message = str(caught.value)
+        assert "Check that the database is running" not in message
+        assert "permission" in message and "schedy_reader" in message
+        assert "GRANT" in message
+    finally:
+        with postgres_admin.connect() as connection:
+            connection.exec_driver_sql(
+                f'REVOKE ALL ON DATABASE "{url.database}" FROM schedy_reader'
+            )
+            connection.exec_driver_sql("DROP OWNED BY schedy_reader")
+            connection.exec_driver_sql("DROP ROLE schedy_reader")

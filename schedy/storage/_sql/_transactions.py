@@ -232,6 +232,7 @@ class Database:
         else:
             self.engine = self._server_engine(parsed, echo, options)
         dbapi = self.engine.dialect.dbapi
+        self._dbapi = dbapi
         self._dbapi_error: type[Exception] = getattr(dbapi, "Error", SQLAlchemyError)
         self._dbapi_integrity_error: type[Exception] = getattr(
             dbapi, "IntegrityError", IntegrityError
@@ -827,10 +828,49 @@ class Database:
                     ) from error
                 if self.is_sqlite:
                     raise StorageError(self._sqlite_message(original)) from error
-                raise StorageError(
-                    f"database error on {self.safe_url()}: {original}. Check that the "
-                    "database is running and the URL is right; nothing was written."
-                ) from error
+                raise StorageError(self._server_message(original)) from error
+
+    def _server_message(self, original: BaseException | None) -> str:
+        """What a database server's refusal means, by its PEP 249 class: only a
+        connection-level failure sends the user to check the server and URL."""
+        url, text = self.safe_url(), str(original).strip().splitlines()[0] if original else ""
+        dbapi = self._dbapi
+
+        def kind(name: str) -> bool:
+            cls = getattr(dbapi, name, None)
+            return isinstance(cls, type) and isinstance(original, cls)
+
+        lowered = text.lower()
+        if (
+            "permission denied" in lowered
+            or "access denied" in lowered
+            or "command denied" in lowered
+        ):
+            user = sa.engine.make_url(self.url).username or "this user"
+            return (
+                f"the database user {user!r} may not do this on {url} ({text}): GRANT it "
+                "SELECT, INSERT, UPDATE and DELETE on the schedy_* tables (and CREATE on the "
+                "schema, for the first use); nothing was written."
+            )
+        if kind("ProgrammingError") and (
+            "does not exist" in lowered or "doesn't exist" in lowered or "unknown column" in lowered
+        ):
+            return (
+                f"{url} does not have the tables this schedy expects ({text}): they were "
+                "changed or dropped by hand or by another program. Restore them from a "
+                "backup, or use a new database; nothing was written."
+            )
+        if kind("DataError"):
+            return (
+                f"the database at {url} refused a value ({text}); nothing was written. "
+                "Values reach it through schedy's checks, so please report this as a bug."
+            )
+        if kind("OperationalError") or kind("InterfaceError"):
+            return (
+                f"database error on {url}: {text}. Check that the database is running and "
+                "the URL is right; nothing was written."
+            )
+        return f"the database at {url} refused the call ({text}); nothing was written."
 
     def safe_url(self) -> str:
         """The URL without its password, for messages and logs."""
