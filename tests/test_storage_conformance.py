@@ -254,6 +254,24 @@ def test_numpy_arrays_are_stored_as_nested_lists(db: schedy.SchedyDB) -> None:
     assert stored.results == {"conf": [1.0, 1.0, 1.0], "matrix": [[0, 1], [2, 3]], "empty": []}
 
 
+def test_torch_tensors_are_stored_as_nested_lists(db: schedy.SchedyDB) -> None:
+    torch = pytest.importorskip("torch")
+    experiment = schedy.ManualSearch("m")
+    db.add_experiment(experiment)
+    experiment.add_job(hyperparameters={"x": 1})
+    with experiment.next_job() as job:
+        job.results["loss"] = torch.tensor(0.5)
+        job.results["weights"] = torch.arange(6, dtype=torch.float32).reshape(1, 2, 3)
+        job.results["grad"] = torch.ones(2, requires_grad=True) * 2
+    stored = experiment.get_job(job.id)
+    assert stored.status == schedy.Job.DONE
+    assert stored.results == {
+        "loss": 0.5,
+        "weights": [[[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]],
+        "grad": [2.0, 2.0],
+    }
+
+
 def test_a_retried_first_job_starts_from_what_it_was_created_with(db: schedy.SchedyDB) -> None:
     # The original client's worker pattern writes the checkpoint path before
     # saving: a crash in between must not hand the retry a file never written.

@@ -93,9 +93,19 @@ def test_torch_tensors_of_any_shape() -> None:
         "scalar": torch.tensor(0.25),
         "vector": torch.tensor([1, 2]),
         "grad": torch.ones(2, requires_grad=True) * 2,
+        "cube": torch.arange(8).reshape(2, 2, 2),
+        "half": torch.tensor([[0.5, 1.5]], dtype=torch.bfloat16),
+        "empty": torch.zeros(2, 0, 3),
+        "grad_matrix": torch.ones(2, 2, requires_grad=True) * 3,
     }
     assert _values.normalize_mapping(value, "results") == {
         "scalar": 0.25,
         "vector": [1, 2],
         "grad": [2.0, 2.0],
+        "cube": [[[0, 1], [2, 3]], [[4, 5], [6, 7]]],
+        "half": [[0.5, 1.5]],
+        "empty": [[], []],
+        "grad_matrix": [[3.0, 3.0], [3.0, 3.0]],
     }
+    with pytest.raises(TypeError, match=r"results\['complex'\]"):
+        _values.normalize_mapping({"complex": torch.ones(2, dtype=torch.complex64)}, "results")
