@@ -49,6 +49,9 @@ from ..errors import SchedyError
 from ._checkpoints import check_keep_top_k, prune_after_save
 from ._files import MODEL_PATH_KEY, PathLike, artifact_location, fsspec_module, is_url
 
+#: The integrations' own log (each framework module's records go under it too).
+logger = logging.getLogger("schedy.integrations")
+
 __all__ = [
     "CHECKPOINT_DIR_ENV",
     "DEFAULT_CHECKPOINT_DIR",
@@ -444,7 +447,7 @@ def report_unplaced(job: Any, placed: Iterable[str], what: str) -> list[str]:
         if (experiment, name) in _reported_unplaced:
             continue
         _reported_unplaced.add((experiment, name))
-        logging.getLogger("schedy.integrations").warning(
+        logger.warning(
             "explored hyperparameter %r is not a setting of the %s, so schedy does not "
             "re-apply it after a restore: build what it sets from job.hyperparameters[%r] in "
             "each job (a model built per job does), or map it with "
@@ -701,6 +704,19 @@ class JobCallback:
             return total_budget_decision(start, epochs_completed, budget)
         return budget_decision(start, epochs_completed, self.epochs_per_job)  # the function
 
+    def budget_reached(self, epochs_completed: int) -> bool:
+        """:meth:`budget_decision`, its reason kept in ``stopping_reason`` and
+        logged once: each framework then only raises its own stop flag."""
+        should_stop, reason = self.budget_decision(epochs_completed)
+        if should_stop:
+            self.stopped(reason)
+        return should_stop
+
+    def stopped(self, reason: str | None) -> None:
+        """Record why this job's training stops (said once in the log)."""
+        self.stopping_reason = reason
+        logger.info("job %s: stopping: %s", self.job.id, reason)
+
     def epoch_metrics(self, logs: Mapping[str, Any], *, final: bool) -> dict[str, float]:
         """The scalar metrics to report for an epoch, as floats.
 
@@ -752,6 +768,40 @@ class JobCallback:
         if state.get("job_id") == self.job.id and is_count(start):
             return start
         return resumed_epoch
+
+    def check_settings(self, settings: set[str]) -> None:
+        """Warn about hyperparameters that reach neither the optimizer's own
+        settings (``settings``: its param-group keys or config names) nor the
+        ``optimizer_hyperparameters`` mapping."""
+        report_unplaced(
+            self.job, settings | set(resolve_mapping(self.optimizer_hyperparameters)), "optimizer"
+        )
+
+    def restored_values(
+        self, state: Mapping[str, Any], settings: set[str], skip: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """After a restore: ``(values, previous)`` -- the optimizer values this
+        job must train with, hyperparameters named like one of the optimizer's
+        ``settings`` included, and those the restored checkpoint was trained
+        with (None: unknown), so that an unchanged value leaves the restored
+        state as it was. ``skip`` is a setting applied another way."""
+        values = with_named_settings(
+            self.optimizer_values,
+            self.job.hyperparameters,
+            settings,
+            self.optimizer_hyperparameters,
+        )
+        previous = self._previous_values(state)
+        before = state.get("hyperparameters")
+        if previous is not None and isinstance(before, Mapping):
+            previous = with_named_settings(
+                previous, before, settings, self.optimizer_hyperparameters
+            )
+        if skip is not None:
+            values.pop(skip, None)
+            if previous is not None:
+                previous.pop(skip, None)
+        return values, previous
 
     def _previous_values(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
         """The optimizer values the restored checkpoint's job trained with (None: unknown)."""

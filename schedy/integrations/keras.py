@@ -194,30 +194,14 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         # Hyperparameters named like an optimizer setting (weight_decay, beta_1,
         # momentum…) built it: re-applied after a restore like the learning rate.
         settings = {name for name in optimizer.get_config() if _owner(optimizer, name) is not None}
-        _core.report_unplaced(
-            self.job,
-            settings | set(_core.resolve_mapping(self.optimizer_hyperparameters)),
-            "optimizer",
-        )
+        self.check_settings(settings)
         path = self.job.results.get(MODEL_PATH_KEY)
         if not path:
             self.start_epoch = self.initial_epoch = 0
             return
         metadata = self._restore(model, optimizer, str(path))
-        values = _core.with_named_settings(
-            self.optimizer_values,
-            self.job.hyperparameters,
-            settings,
-            self.optimizer_hyperparameters,
-        )
-        values.pop(_KERAS_LR, None)  # the rate is `lr` here, already in optimizer_values
-        previous = self._previous_values(metadata)
-        before = metadata.get("hyperparameters")
-        if previous is not None and isinstance(before, Mapping):
-            previous = _core.with_named_settings(
-                previous, before, settings, self.optimizer_hyperparameters
-            )
-            previous.pop(_KERAS_LR, None)
+        # The rate is `lr` here, already in optimizer_values under its own name.
+        values, previous = self.restored_values(metadata, settings, skip=_KERAS_LR)
         apply_optimizer_values(optimizer, values, previous)
         self.initial_epoch = _lineage_epoch(metadata, self.job.results)
         self.start_epoch = self._budget_start(metadata, self.initial_epoch)
@@ -231,7 +215,7 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         # `epoch` is fit's own index (from its initial_epoch); the lineage's is ours.
         self.epochs_run += 1
         epochs_completed = self.initial_epoch + self.epochs_run
-        should_stop, reason = self.budget_decision(epochs_completed)
+        should_stop = self.budget_reached(epochs_completed)
         metrics = self.epoch_metrics(logs or {}, final=should_stop)
         self._last_metrics = metrics
         step = _iterations(_optimizer_of(self.model))
@@ -239,8 +223,6 @@ class SchedyCallback(keras.callbacks.Callback, _core.JobCallback):  # type: igno
         self.job.put()
         if should_stop:
             self.model.stop_training = True
-            self.stopping_reason = reason
-            logger.info("job %s: stopping: %s", self.job.id, reason)
 
     def on_train_end(self, logs: Mapping[str, Any] | None = None) -> None:
         self._training = False

@@ -52,7 +52,7 @@ import importlib
 import logging
 import sys
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..jobs import Preempted
@@ -252,24 +252,9 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         settings = {
             key for opt in trainer.optimizers for group in opt.param_groups for key in group
         }
-        _core.report_unplaced(
-            self.job,
-            settings | set(_core.resolve_mapping(self.optimizer_hyperparameters)),
-            "optimizer",
-        )
+        self.check_settings(settings)
         if self.restored_from is not None or trainer.ckpt_path:
-            values = _core.with_named_settings(
-                self.optimizer_values,
-                self.job.hyperparameters,
-                settings,
-                self.optimizer_hyperparameters,
-            )
-            previous = self._previous_values(state)
-            before = state.get("hyperparameters")
-            if previous is not None and isinstance(before, Mapping):
-                previous = _core.with_named_settings(
-                    previous, before, settings, self.optimizer_hyperparameters
-                )
+            values, previous = self.restored_values(state, settings)
             apply_optimizer_values(
                 trainer.optimizers,
                 [config.scheduler for config in trainer.lr_scheduler_configs],
@@ -301,11 +286,8 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         _end_if_preempted(trainer)
         epochs_completed = trainer.current_epoch + 1
         self._pending = (epochs_completed, trainer.global_step)
-        should_stop, reason = self.budget_decision(epochs_completed)
-        if should_stop:
+        if self.budget_reached(epochs_completed):
             trainer.should_stop = True
-            self.stopping_reason = reason
-            logger.info("job %s: stopping: %s", self.job.id, reason)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._report(trainer, final=True)

@@ -543,8 +543,7 @@ class SchedyCallback(_CallbackBase, _core.JobCallback):
         control.should_training_stop = True
         if _evaluates(args):
             control.should_evaluate = True  # the monitor, measured where the job ends
-        self.stopping_reason = reason
-        logger.info("job %s: stopping: %s", self.job.id, reason)
+        self.stopped(reason)
 
     def _report(self, state: Any, logs: Mapping[str, Any], *, final: bool) -> None:
         logs = {name: value for name, value in logs.items() if name != "epoch"}  # Trainer's own
