@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._processes import GRACE_SECONDS, Child, alive, describe_exit, exit_code, stop, wait
+from ._records import ExperimentStatus
 from .errors import NoJobError, SchedyError
 
 if TYPE_CHECKING:
@@ -421,7 +422,7 @@ class _Restarts:
         """A new process for slot ``index`` whose last one exited with ``code``, or None."""
         try:
             jobs = self._count()
-            running = self._db.get_experiment(self._name).status == "RUNNING"
+            running = self._db.get_experiment(self._name).status == ExperimentStatus.RUNNING
         except (SchedyError, OSError):
             return None
         self.crashes[index] = 0 if code == 0 else self.crashes[index] + 1

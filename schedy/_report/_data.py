@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from .._records import JobStatus
 from .._values import canonical, is_number
+from ..pbt import Objective
 
 if TYPE_CHECKING:
     from ..experiments import Experiment
@@ -33,6 +35,8 @@ _MAX_RESULT_COLUMNS = 16
 _MAX_TEXT = 80
 #: Words that make a result read "lower is better" when the experiment has no objective.
 _LOWER_IS_BETTER = ("loss", "error", "err", "mse", "mae", "rmse", "cost", "regret", "time")
+#: The stored objectives that rank jobs (an experiment without one stores None).
+_OBJECTIVES = tuple(Objective)
 
 _FIELDS = (
     "id",
@@ -76,7 +80,7 @@ def _pick_score(experiment: Experiment, jobs: Sequence[Job], score: str | None) 
         return own
     counts: Counter[str] = Counter()
     for job in jobs:
-        if job.status == "DONE":
+        if job.status == JobStatus.DONE:
             counts.update(
                 name
                 for name, value in job.results.items()
@@ -131,7 +135,7 @@ def report_data(experiment: Experiment, *, score: str | None = None) -> dict[str
         columns["updated_at"].append(job.updated_at)
         # Only a finished job has a score of its own: a running or crashed one still
         # holds the results it started from (its parent's, for PBT).
-        done = job.status == "DONE" and score_name is not None
+        done = job.status == JobStatus.DONE and score_name is not None
         scored = done and score_name is not None
         columns["score"].append(finite(job.results.get(score_name or "")) if scored else None)
         lines = job.error.strip().splitlines() if job.error else []
@@ -147,11 +151,11 @@ def report_data(experiment: Experiment, *, score: str | None = None) -> dict[str
         for values in (*hyperparameters.values(), *results.values()):
             if len(values) <= row:  # this job has no such value
                 values.append(None)
-    best = experiment.best() if objective in ("min", "max") else None
+    best = experiment.best() if objective in _OBJECTIVES else None
     by_id = {job_id: index for index, job_id in enumerate(columns["id"])}
     lower = (
-        objective == "min"
-        if objective in ("min", "max")
+        objective == Objective.MINIMIZE
+        if objective in _OBJECTIVES
         else any(word in (score_name or "").lower() for word in _LOWER_IS_BETTER)
     )
     return {

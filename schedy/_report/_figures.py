@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from .._records import JobStatus
 from .._values import canonical
 from ._data import finite
 
@@ -36,12 +37,13 @@ _PALETTE = (
     "#EB663B", "#511CFB", "#00A08B", "#FB00D1", "#FC0080", "#B2828D", "#6C7C32", "#778AAE",
     "#862A16", "#A777F1", "#620042", "#1616A7", "#DA60CA", "#6C4516", "#0D2A63", "#AF0038",
 )  # fmt: skip
-STATUS_COLOURS = {
-    "DONE": "#2ca02c",
-    "RUNNING": "#1f77b4",
-    "QUEUED": "#bbbbbb",
-    "CRASHED": "#d62728",
-    "PRUNED": "#8c8c8c",
+#: A job's colour by status (keyed by the members, looked up with the stored strings).
+STATUS_COLOURS: dict[str, str] = {
+    JobStatus.DONE: "#2ca02c",
+    JobStatus.RUNNING: "#1f77b4",
+    JobStatus.QUEUED: "#bbbbbb",
+    JobStatus.CRASHED: "#d62728",
+    JobStatus.PRUNED: "#8c8c8c",
 }
 _BEST = "#f2a900"
 _BEST_EDGE = "#7a5500"
@@ -811,7 +813,7 @@ def _timeline(view: View) -> dict[str, Any] | None:
             {
                 "type": "scatter",
                 "mode": "lines",
-                "name": status,
+                "name": str(status),
                 "x": xs,
                 "y": ys,
                 "text": texts,

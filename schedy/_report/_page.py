@@ -22,6 +22,7 @@ from importlib import resources
 from typing import Any
 
 from .. import _lineage
+from ..pbt import Objective
 from ._figures import View, figures, number
 
 __all__ = ["asset", "json_for_script", "page_parts", "plotly_js", "render"]
@@ -197,13 +198,17 @@ def _table_spec(view: View) -> dict[str, Any]:
     }
 
 
+#: How the summary line words each objective.
+_VERBS: dict[str, str] = {Objective.MAXIMIZE: "maximize ", Objective.MINIMIZE: "minimize "}
+
+
 def _summary(data: Mapping[str, Any]) -> str:
     experiment = data["experiment"]
     config = experiment.get("config") or {}
     parts = [str(experiment["kind"]), f"status {experiment['status']}"]
     score = data["score"]
     if score["name"]:
-        verb = {"max": "maximize ", "min": "minimize "}.get(score["objective"] or "", "score: ")
+        verb = _VERBS.get(score["objective"] or "", "score: ")
         parts.append(verb + score["name"])
     if config.get("population_size"):
         parts.append(f"population {config['population_size']}")

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .._progress import FinishedJobs, describe, ended_early, short
-from .._records import ExperimentStatus, MemberRecord
+from .._records import ExperimentStatus, JobStatus, MemberRecord
 from ..errors import SchedyError
 from ..experiments import Experiment
 from ._base import Commands, Store, UsageError
@@ -100,13 +100,19 @@ class _View:
         grid = Table.grid(padding=(0, 2))
         grid.add_column()
         title = Text(exp.name, style="bold")
-        title.append(f"  {self.status}", style="green" if self.status == "RUNNING" else "cyan")
+        title.append(
+            f"  {self.status}", style="green" if self.status == ExperimentStatus.RUNNING else "cyan"
+        )
         title.append(f"  {exp._KIND}", style="dim")
         grid.add_row(title)
         ended, opened = self.watcher.ended, self.watcher.open
-        progress = f"jobs {ended['DONE']:,} done of {self.watcher.total:,}"
-        extra = [f"{opened[s]:,} {s.lower()}" for s in ("RUNNING", "QUEUED") if opened[s]]
-        extra += [f"{ended[s]:,} {s.lower()}" for s in ("CRASHED", "PRUNED") if ended[s]]
+        progress = f"jobs {ended[JobStatus.DONE]:,} done of {self.watcher.total:,}"
+        extra = [
+            f"{opened[s]:,} {s.lower()}" for s in (JobStatus.RUNNING, JobStatus.QUEUED) if opened[s]
+        ]
+        extra += [
+            f"{ended[s]:,} {s.lower()}" for s in (JobStatus.CRASHED, JobStatus.PRUNED) if ended[s]
+        ]
         if extra:
             progress += " (" + ", ".join(extra) + ")"
         generations = [m.head_generation for m in self.members if m.head_generation is not None]
@@ -152,7 +158,7 @@ class _View:
             if member.ended:  # the reason, if any, is listed under the table in full
                 status = "ended" if member.ended_reason is None else "ended early"
             elif busy is not None:
-                status = "running" if busy.status == "RUNNING" else busy.status.lower()
+                status = "running" if busy.status == JobStatus.RUNNING else busy.status.lower()
             else:
                 status = "ready"
             score = None if head is None else head.results.get(result)
@@ -188,7 +194,7 @@ class _View:
             if job is None:
                 continue
             values = "  ".join(f"{k} {short(v)}" for k, v in job.hyperparameters.items())
-            in_job = _elapsed(now - job.created_at) if job.status == "RUNNING" else ""
+            in_job = _elapsed(now - job.created_at) if job.status == JobStatus.RUNNING else ""
             table.add_row(job.id, str(job.status), in_job, values)
         return table
 

@@ -94,7 +94,7 @@ class JobSnapshot:
         return cls(
             experiment=str(getattr(getattr(job, "experiment", None), "name", "")),
             id=str(job.id),
-            status=str(getattr(job, "status", "RUNNING")),
+            status=str(getattr(job, "status", JobStatus.RUNNING)),
             hyperparameters=copy.deepcopy(dict(job.hyperparameters)),
             results=copy.deepcopy(dict(job.results)),
             budget=getattr(job, "budget", None),

@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
+from .._records import JobStatus
 from ._core import EPOCH_KEY, HISTORY_KEY, MODEL_PATH_KEY, RESERVED_RESULTS, STEP_KEY, is_count
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ EXPLOITED_FROM_MEMBER = "schedy/exploited_from_member"
 GENERATION = "schedy/generation"
 #: Job statuses an export replays: a CRASHED job's epochs belong to no model
 #: (its member resumes from its last DONE job), a RUNNING one has not finished.
-LOGGED_STATUSES = frozenset({"DONE", "PRUNED"})
+LOGGED_STATUSES = frozenset({JobStatus.DONE, JobStatus.PRUNED})
 
 #: What a point's step counts: the lineage's epochs or its optimizer steps.
 StepAxis: TypeAlias = Literal["epoch", "step"]

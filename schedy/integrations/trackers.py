@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._records import ExperimentStatus, JobStatus
 from ..errors import NotFoundError
 from ._tracking import (
     EXPLOITED_FROM_MEMBER,
@@ -108,7 +109,7 @@ class Tracker(abc.ABC):
         its last DONE job, and that retry logs the same steps). Reads the
         job's parent from the store (to know the epochs it inherited).
         """
-        if str(job.status) == "CRASHED":
+        if str(job.status) == JobStatus.CRASHED:
             return False
         parent = _parent(job)
         root = None
@@ -205,7 +206,7 @@ def export(experiment: Experiment, tracker: Tracker | Iterable[Tracker]) -> Expo
     jobs = list(experiment.all_jobs())
     by_id = {job.id: job for job in jobs}
     ordered = _export_order(jobs)
-    done = str(experiment.status) == "DONE"
+    done = str(experiment.status) == ExperimentStatus.DONE
     written = skipped = 0
     runs: set[str] = set()
     for each in trackers:

@@ -1,10 +1,10 @@
 """``schedy server``: the REST server workers on many machines talk to.
 
-It serves one SQL store (SQLite or PostgreSQL) over HTTP, so that workers
-hold a URL and a token instead of database credentials. Each request runs
-the same :class:`~schedy.storage._base.Storage` method the SQL backend
-runs in-process -- the scheduling decision included -- so a worker behind
-the server schedules exactly like one on the database.
+It serves one SQL store (SQLite, PostgreSQL or MariaDB/MySQL) over HTTP,
+so that workers hold a URL and a token instead of database credentials.
+Each request runs the same :class:`~schedy.storage._base.Storage` method
+the SQL backend runs in-process -- the scheduling decision included -- so a
+worker behind the server schedules exactly like one on the database.
 
 Start it with ``schedy --db postgresql://… server --port 8080`` (its admin
 token from ``$SCHEDY_TOKEN`` or ``--token-file``), give each worker machine

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..._records import MemberRecord
+from ..._records import JobStatus, MemberRecord
 
 __all__ = ["Statement", "Transaction", "experiment_statement", "update", "write_member"]
 
@@ -179,6 +179,10 @@ DELETE_EXPERIMENT = (
 COUNT_CLAIM = Statement("UPDATE schedy_experiments SET claims = claims + 1 WHERE id = :id")
 
 # -- jobs -------------------------------------------------------------------------
+#: The statuses the statements name, as SQL string literals built from the enum
+#: once, here (the SQL text is the same as with the strings written out).
+_QUEUED = f"'{JobStatus.QUEUED.value}'"
+_RUNNING = f"'{JobStatus.RUNNING.value}'"
 JOB = Statement(
     f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE id = :id AND experiment_id = :experiment_id",
     JobRow,
@@ -192,17 +196,17 @@ JOBS_PAGE = Statement(
 )
 OLDEST_QUEUED = Statement(
     f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE experiment_id = :experiment_id "
-    "AND status = 'QUEUED' ORDER BY seq LIMIT 1",
+    f"AND status = {_QUEUED} ORDER BY seq LIMIT 1",
     JobRow,
 )
 EXPIRED = Statement(
     "SELECT seq, id, member, generation, lease_expires_at FROM schedy_jobs "
-    "WHERE experiment_id = :experiment_id AND status = 'RUNNING' AND lease_expires_at < :now",
+    f"WHERE experiment_id = :experiment_id AND status = {_RUNNING} AND lease_expires_at < :now",
     ExpiredRow,
 )
 ACTIVE_JOBS = Statement(
     f"SELECT {_JOB_COLUMNS} FROM schedy_jobs WHERE experiment_id = :experiment_id "
-    "AND (status IN ('QUEUED', 'RUNNING') OR id IN (SELECT head_id FROM schedy_members "
+    f"AND (status IN ({_QUEUED}, {_RUNNING}) OR id IN (SELECT head_id FROM schedy_members "
     "WHERE experiment_id = :experiment_id))",
     JobRow,
 )
@@ -232,14 +236,14 @@ CHILD = Statement(
     "SELECT id FROM schedy_jobs WHERE experiment_id = :experiment_id AND parent_id = :id LIMIT 1"
 )
 TAKE_QUEUED = Statement(
-    "UPDATE schedy_jobs SET status = 'RUNNING', member = :member, generation = :generation, "
+    f"UPDATE schedy_jobs SET status = {_RUNNING}, member = :member, generation = :generation, "
     "lease_token = :lease_token, lease_expires_at = :lease_expires_at, updated_at = :updated_at, "
     "claim_key = :claim_key WHERE id = :id"
 )
 DELETE_JOB = Statement("DELETE FROM schedy_jobs WHERE seq = :seq")
 RENEW = Statement(
     "UPDATE schedy_jobs SET lease_expires_at = :expires WHERE id = :id "
-    "AND experiment_id = :experiment_id AND status = 'RUNNING' AND lease_token = :token"
+    f"AND experiment_id = :experiment_id AND status = {_RUNNING} AND lease_token = :token"
 )
 
 # -- tokens -----------------------------------------------------------------------
