@@ -293,6 +293,39 @@ def test_ranges_are_served_and_a_dropped_download_resumes(
     assert ranges == [None, "bytes=65536-"]
 
 
+def test_a_range_header_this_server_cannot_read_is_ignored(served: Served, tmp_path: Path) -> None:
+    """Digits only ASCII ones: ``str.isdigit`` also takes ``²`` (a header is Latin-1),
+    which int() refuses, so ``Range: bytes=²-`` got a 400, where a Range header
+    this server does not read is ignored: the whole artifact, a 200. And a number
+    of 5000 digits got a 400 too (int() refuses one past 4300)."""
+    db, job = _job(served)
+    path, sha = _file(tmp_path, 1000)
+    db._storage.upload_artifact("exp/1", job.id, "model.pt", str(path), sha)
+    for header in ("bytes=\u00b2-", "bytes=0-\u00b9", "bytes=-\u00b3", "bytes=\u00bd-"):
+        answer = requests.get(
+            f"{served.url}{API}/artifact",
+            params=_params(job),
+            headers={**AUTH, "Range": header},
+            timeout=10,
+        )
+        assert answer.status_code == 200, (header, answer.text)
+        assert answer.content == path.read_bytes()
+    # A number longer than int() reads (4300 digits) is larger than any artifact.
+    many = "9" * 5000
+    for header, status in (
+        (f"bytes={many}-", 416),
+        (f"bytes=0-{many}", 206),
+        (f"bytes=-{many}", 206),
+    ):
+        answer = requests.get(
+            f"{served.url}{API}/artifact",
+            params=_params(job),
+            headers={**AUTH, "Range": header},
+            timeout=10,
+        )
+        assert answer.status_code == status, (header[:20], answer.text)
+
+
 def test_the_cache_spares_a_second_download(
     served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

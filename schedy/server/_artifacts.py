@@ -616,26 +616,36 @@ class _Unsatisfiable(Exception):
     """A range that lies beyond the artifact's end (416)."""
 
 
+#: One span of a ``Range`` header, in ASCII digits (``str.isdigit`` also takes ``²``).
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+
+
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     """The one range ``bytes=a-b`` / ``a-`` / ``-n`` asks for (inclusive); None to send
     everything (several ranges, or a header this does not read); :class:`_Unsatisfiable`
     when it lies beyond the end."""
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    found = _RANGE_SPEC.fullmatch(spec.strip())
+    if unit.strip().lower() != "bytes" or found is None or not any(found.groups()):
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
-        return None
+    first, last = found.groups()
     if not first:  # the last n bytes
-        count = int(last)
+        count = _number(last)
         if not count or not size:
             raise _Unsatisfiable
         return max(0, size - count), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last.isdigit() else size - 1
+    start = _number(first)
+    end = min(_number(last), size - 1) if last else size - 1
     if start >= size or end < start:
         raise _Unsatisfiable
     return start, end
+
+
+def _number(digits: str) -> int:
+    """ASCII digits as a number; one longer than any size reads as larger than any
+    size (int() refuses one of over 4300 digits, and a header may hold more)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 20 else 2**70
 
 
 def _chunks(handle: IO[bytes], start: int, length: int) -> Iterator[bytes]:
