@@ -32,7 +32,10 @@ __all__ = [
     "ARTIFACTS_PATH",
     "ARTIFACT_PATH",
     "ARTIFACT_STORE_PATH",
+    "FILENAME_PATTERN",
+    "JOB_ID_PATTERN",
     "SCHEME",
+    "SHA256_PATTERN",
     "ArtifactClient",
     "ArtifactInfo",
     "ArtifactName",
@@ -58,9 +61,14 @@ ARTIFACTS_PATH = "/artifacts"
 #: Whether the server keeps artifacts, and its size limit (GET).
 ARTIFACT_STORE_PATH = "/artifact-store"
 
-_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")
-_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: What an artifact's file name, a job id that may name one and a hash must be,
+#: whole (the server's OpenAPI document states the same, anchored).
+FILENAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}"
+JOB_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+SHA256_PATTERN = r"[0-9a-f]{64}"
+_FILENAME = re.compile(FILENAME_PATTERN)
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+_SHA256 = re.compile(SHA256_PATTERN)
 
 
 class ArtifactName(NamedTuple):

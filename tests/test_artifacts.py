@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -291,6 +292,110 @@ def test_ranges_are_served_and_a_dropped_download_resumes(
     db._storage.download_artifact("exp/1", job.id, "model.pt", str(target), stored)
     assert target.read_bytes() == data
     assert ranges == [None, "bytes=65536-"]
+
+
+def test_a_range_header_this_server_cannot_read_is_ignored(served: Served, tmp_path: Path) -> None:
+    """Digits only ASCII ones: ``str.isdigit`` also takes ``²`` (a header is Latin-1),
+    which int() refuses, so ``Range: bytes=²-`` got a 400, where a Range header
+    this server does not read is ignored: the whole artifact, a 200. And a number
+    of 5000 digits got a 400 too (int() refuses one past 4300)."""
+    db, job = _job(served)
+    path, sha = _file(tmp_path, 1000)
+    db._storage.upload_artifact("exp/1", job.id, "model.pt", str(path), sha)
+    for header in ("bytes=\u00b2-", "bytes=0-\u00b9", "bytes=-\u00b3", "bytes=\u00bd-"):
+        answer = requests.get(
+            f"{served.url}{API}/artifact",
+            params=_params(job),
+            headers={**AUTH, "Range": header},
+            timeout=10,
+        )
+        assert answer.status_code == 200, (header, answer.text)
+        assert answer.content == path.read_bytes()
+    # A number longer than int() reads (4300 digits) is larger than any artifact.
+    many = "9" * 5000
+    for header, status in (
+        (f"bytes={many}-", 416),
+        (f"bytes=0-{many}", 206),
+        (f"bytes=-{many}", 206),
+    ):
+        answer = requests.get(
+            f"{served.url}{API}/artifact",
+            params=_params(job),
+            headers={**AUTH, "Range": header},
+            timeout=10,
+        )
+        assert answer.status_code == status, (header[:20], answer.text)
+
+
+# -- the OpenAPI document, as the routes behave --------------------------------------
+def _operation(served: Served, method: str, path: str = "/artifact") -> dict[str, Any]:
+    document = requests.get(f"{served.url}/openapi.json", headers=AUTH, timeout=10).json()
+    operation: dict[str, Any] = document["paths"][API + path][method.lower()]
+    return operation
+
+
+@pytest.mark.parametrize(
+    ("method", "name", "values"),
+    [
+        ("GET", "job", ["", "..", "a/b", "a.b", "x" * 128, "x" * 129, "-x", "NoSuchJob0"]),
+        ("GET", "file", ["", ".hidden", "..", "a/b.pt", "a\\b.pt", "x" * 200, "x" * 201]),
+        ("HEAD", "file", ["", ".hidden", "a/b.pt", "m.pt", "m.pt\n"]),
+        ("DELETE", "job", ["", "..", "a b", "NoSuchJob0"]),
+        ("PUT", "sha256", ["", "0" * 63, "A" * 64, "0" * 65, "sha"]),
+    ],
+)
+def test_the_document_states_the_rule_of_each_name_and_hash(
+    served: Served, method: str, name: str, values: list[str]
+) -> None:
+    """Found by fuzzing (tests/test_server_fuzz.py): the document let any string name
+    a job, a file or a hash, and the server refused most with a 400. Now each
+    carries its pattern, and a value breaks it exactly when the server refuses it."""
+    operation = _operation(served, method)
+    schemas = {parameter["name"]: parameter["schema"] for parameter in operation["parameters"]}
+    pattern = schemas[name]["pattern"]
+    assert pattern.startswith("^") and pattern.endswith("$"), pattern
+    _, job = _job(served, f"rules of {method} {name}")
+    for value in values:
+        params = _params(job, "m.pt", sha256="0" * 64, size=1)
+        params[name] = value
+        answer = requests.request(
+            method,
+            f"{served.url}{API}/artifact",
+            params=params,
+            data=b"x",
+            headers=AUTH,
+            timeout=10,
+        )
+        fits = re.fullmatch(pattern[1:-1], value) is not None  # $ as JSON Schema means it
+        assert (answer.status_code != 400) == fits, (value, answer.status_code, answer.text)
+
+
+def test_the_document_describes_the_bytes_that_travel(served: Served) -> None:
+    """Found by fuzzing: the upload had no request body in the document (so nothing
+    to generate), the download and HEAD said they answer JSON, and neither the
+    Range headers nor the 206 and 416 they lead to were there."""
+    binary = {"type": "string", "format": "binary"}
+    upload = _operation(served, "PUT")
+    assert upload["requestBody"]["content"] == {"application/octet-stream": {"schema": binary}}
+    size = {p["name"]: p["schema"] for p in upload["parameters"]}["size"]
+    assert (size["minimum"], size["maximum"]) == (0, 2**20)  # the served limit
+    assert upload["responses"]["201"]["content"][_wire.MEDIA_TYPE]["schema"] == {
+        "$ref": "#/components/schemas/StoredArtifact"
+    }
+    download = _operation(served, "GET")
+    headers = {p["name"].lower() for p in download["parameters"] if p["in"] == "header"}
+    assert headers == {"range", "if-range"}
+    for status in ("200", "206"):
+        answer = download["responses"][status]
+        assert answer["content"] == {"application/octet-stream": {"schema": binary}}
+        assert "etag" in {header.lower() for header in answer["headers"]}
+    assert "content-range" in {h.lower() for h in download["responses"]["206"]["headers"]}
+    assert "content" not in download["responses"]["416"]
+    head = _operation(served, "HEAD")
+    assert "content" not in head["responses"]["200"]
+    assert {"etag", "content-length"} <= {h.lower() for h in head["responses"]["200"]["headers"]}
+    for operation in (download, head):  # failures are still the error JSON
+        assert _wire.MEDIA_TYPE in operation["responses"]["404"]["content"]
 
 
 def test_the_cache_spares_a_second_download(

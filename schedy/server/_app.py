@@ -231,10 +231,15 @@ def create_app(
         answer: Any,
         *fails: int,
         status_code: int = 200,
+        raw: bool = False,
+        responses: dict[int | str, dict[str, Any]] | None = None,
+        openapi_extra: dict[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], Any]:
         """``method path``, open to ``role`` and above, answering ``answer``
         (its response model) or one of the failures every route may meet
-        and ``fails``."""
+        and ``fails``. A ``raw`` route answers something other than JSON
+        (artifact bytes), which ``responses`` documents; ``openapi_extra``
+        is what its signature cannot say (a body it streams itself)."""
         full = _wire.API_PREFIX + path
         rules[method, full] = Access(role, action)
         statuses = {400, 413, 500, 503, *fails}
@@ -242,13 +247,18 @@ def create_app(
             statuses.add(401)
             if role is not TokenRole.READ:
                 statuses.add(_wire.FORBIDDEN_STATUS)
+        # A plain Response has no media type: FastAPI then documents no JSON for
+        # the success, and the failures stay the error JSON.
+        raw_answer: dict[str, Any] = {"response_class": Response} if raw else {}
         return app.api_route(
             full,
             methods=[method],
             response_model=answer,
             status_code=status_code,
-            responses=_failures(statuses),
+            responses={**_failures(statuses), **(responses or {})},
             description=f"Needs a token of role **{role}** or above.",
+            openapi_extra=openapi_extra,
+            **raw_answer,
         )
 
     @app.get(

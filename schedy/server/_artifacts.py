@@ -46,13 +46,22 @@ from collections.abc import Callable, Iterator
 from typing import IO, Annotated, Any, Protocol
 
 import anyio.to_thread
-from fastapi import Query, Request
+from fastapi import Header, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from .. import _artifacts, _retention, _wire
-from .._artifacts import ARTIFACT_PATH, ArtifactInfo, check_filename, check_job_id, etag
+from .._artifacts import (
+    ARTIFACT_PATH,
+    FILENAME_PATTERN,
+    JOB_ID_PATTERN,
+    SHA256_PATTERN,
+    ArtifactInfo,
+    check_filename,
+    check_job_id,
+    etag,
+)
 from .._records import TokenRole
 from ..errors import NotFoundError
 from ..storage._base import Storage
@@ -349,10 +358,69 @@ def _refusal(error: Exception, status: int | None = None) -> Response:
     return Response(_wire.encode(payload), status_code=code, media_type=_wire.MEDIA_TYPE)
 
 
+def _whole(pattern: str) -> dict[str, Any]:
+    """A rule the route checks itself (a 400 in its own words), for the document:
+    JSON Schema's ``pattern`` searches, so it is anchored."""
+    return {"pattern": f"^{pattern}$"}
+
+
 Route = Callable[..., Callable[[Callable[..., Any]], Any]]
 ExperimentName = Annotated[str, Query(description="the experiment's name")]
-JobId = Annotated[str, Query(description="the job's id")]
-FileName = Annotated[str, Query(description="the artifact's file name (e.g. `<job>.pt`)")]
+JobId = Annotated[str, Query(description="the job's id", json_schema_extra=_whole(JOB_ID_PATTERN))]
+FileName = Annotated[
+    str,
+    Query(
+        description="the artifact's file name (e.g. `<job>.pt`): letters, digits and `._+-`, "
+        "not starting with a dot",
+        json_schema_extra=_whole(FILENAME_PATTERN),
+    ),
+]
+Sha256 = Annotated[
+    str,
+    Query(
+        description="the body's SHA-256, in lowercase hex",
+        json_schema_extra=_whole(SHA256_PATTERN),
+    ),
+]
+#: Bytes as they travel, for the document.
+_BINARY = {"type": "string", "format": "binary"}
+_TAG = {
+    "ETag": {
+        "description": "the artifact's SHA-256, quoted",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+_LENGTH = {
+    "Content-Length": {
+        "description": "the artifact's size in bytes",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }
+}
+_SPAN = {
+    "Content-Range": {
+        "description": "`bytes <first>-<last>/<size>` (`bytes */<size>` on a 416)",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+}
+_BYTES_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The artifact's bytes",
+        "content": {"application/octet-stream": {"schema": _BINARY}},
+        "headers": _TAG,
+    },
+    206: {
+        "description": "The span `Range` asked for (`If-Range` naming this artifact's ETag)",
+        "content": {"application/octet-stream": {"schema": _BINARY}},
+        "headers": {**_TAG, **_SPAN},
+    },
+    416: {
+        "description": "The span `Range` asked for starts beyond the artifact's end",
+        "headers": {**_TAG, **_SPAN},
+    },
+}
 
 
 class ArtifactRoutes:
@@ -445,14 +513,13 @@ def install(
         storage.get_experiment(experiment)
         return [_answer(info) for info in found.list(experiment)]
 
-    @route("PUT", path, TokenRole.WORKER, "upload artifacts", StoredArtifact, 404, status_code=201)
     async def upload(
         request: Request,
         experiment: ExperimentName,
         job: JobId,
         file: FileName,
-        sha256: Annotated[str, Query(description="the body's SHA-256, in hex")],
-        size: Annotated[int, Query(description="the body's size in bytes", ge=0)],
+        sha256: Sha256,
+        size: int,
     ) -> Any:
         """Stores the body as the job's artifact ``file``, checked against ``size`` and
         ``sha256``; then prunes the experiment's artifacts no job can need."""
@@ -485,15 +552,68 @@ def install(
             media_type=_wire.MEDIA_TYPE,
         )
 
-    @route("GET", path, TokenRole.READ, "download artifacts", None, 404)
+    # The size's rule holds this server's limit, a local: given as the annotation
+    # itself (FastAPI would look the text of one up in the module). The route
+    # checks the limit itself: a 413, as for a body too large.
+    upload.__annotations__["size"] = Annotated[
+        int,
+        Query(
+            description="the body's size in bytes, at most this server's limit",
+            ge=0,
+            json_schema_extra={"maximum": max_bytes},
+        ),
+    ]
+    route(
+        "PUT",
+        path,
+        TokenRole.WORKER,
+        "upload artifacts",
+        StoredArtifact,
+        404,
+        status_code=201,
+        openapi_extra={
+            "requestBody": {  # streamed by the route, so no parameter of its signature
+                "description": "The artifact's bytes: `size` of them, hashing to `sha256` "
+                "(any Content-Type; none when `size` is 0)",
+                "content": {"application/octet-stream": {"schema": _BINARY}},
+            }
+        },
+    )(upload)
+
+    @route(
+        "GET",
+        path,
+        TokenRole.READ,
+        "download artifacts",
+        None,
+        404,
+        raw=True,
+        responses=_BYTES_ANSWERS,
+    )
     async def download(
-        request: Request, experiment: ExperimentName, job: JobId, file: FileName
+        experiment: ExperimentName,
+        job: JobId,
+        file: FileName,
+        wanted: Annotated[
+            str | None,
+            Header(
+                alias="Range",
+                description="`bytes=<first>-<last>`, `bytes=<first>-` or `bytes=-<count>`: "
+                "that span alone (206), a 416 if it starts past the end; another value, or "
+                "several spans, is ignored (all of it)",
+            ),
+        ] = None,
+        condition: Annotated[
+            str | None,
+            Header(
+                alias="If-Range",
+                description="the ETag `Range` holds for: another gets all of it (200)",
+            ),
+        ] = None,
     ) -> Any:
         """The artifact's bytes (``Range`` and ``If-Range`` honoured); ``ETag`` is its SHA-256."""
         info, handle = await anyio.to_thread.run_sync(_opened, kept, experiment, job, file)
         headers = {"etag": etag(info.sha256), "accept-ranges": "bytes"}
-        wanted = request.headers.get("range")
-        condition = request.headers.get("if-range")
         start, end = 0, info.size - 1
         status = 200
         if wanted and (condition is None or condition == etag(info.sha256)):
@@ -515,7 +635,21 @@ def install(
             media_type="application/octet-stream",
         )
 
-    @route("HEAD", path, TokenRole.READ, "download artifacts", None, 404)
+    @route(
+        "HEAD",
+        path,
+        TokenRole.READ,
+        "download artifacts",
+        None,
+        404,
+        raw=True,
+        responses={
+            200: {
+                "description": "The artifact's size and SHA-256, without its bytes",
+                "headers": {**_TAG, **_LENGTH},
+            }
+        },
+    )
     def head(experiment: ExperimentName, job: JobId, file: FileName) -> Any:
         """The artifact's size (``Content-Length``) and SHA-256 (``ETag``), without its bytes."""
         check_filename(file)
@@ -616,26 +750,36 @@ class _Unsatisfiable(Exception):
     """A range that lies beyond the artifact's end (416)."""
 
 
+#: One span of a ``Range`` header, in ASCII digits (``str.isdigit`` also takes ``²``).
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+
+
 def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     """The one range ``bytes=a-b`` / ``a-`` / ``-n`` asks for (inclusive); None to send
     everything (several ranges, or a header this does not read); :class:`_Unsatisfiable`
     when it lies beyond the end."""
     unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    found = _RANGE_SPEC.fullmatch(spec.strip())
+    if unit.strip().lower() != "bytes" or found is None or not any(found.groups()):
         return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or last.isdigit()) or (first and not first.isdigit()):
-        return None
+    first, last = found.groups()
     if not first:  # the last n bytes
-        count = int(last)
+        count = _number(last)
         if not count or not size:
             raise _Unsatisfiable
         return max(0, size - count), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last.isdigit() else size - 1
+    start = _number(first)
+    end = min(_number(last), size - 1) if last else size - 1
     if start >= size or end < start:
         raise _Unsatisfiable
     return start, end
+
+
+def _number(digits: str) -> int:
+    """ASCII digits as a number; one longer than any size reads as larger than any
+    size (int() refuses one of over 4300 digits, and a header may hold more)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 20 else 2**70
 
 
 def _chunks(handle: IO[bytes], start: int, length: int) -> Iterator[bytes]:
