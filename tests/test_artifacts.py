@@ -583,7 +583,7 @@ WORKER = textwrap.dedent(
     from schedy.errors import NoJobError
     from schedy.integrations.torch import restore, report, save
 
-    url, token, worker, marker = sys.argv[1:5]
+    url, token, worker, marker, lease = sys.argv[1:6]
     if marker != "-":  # send half the checkpoint, then hang there: to be killed mid-upload
         import schedy.storage._http as http
 
@@ -612,7 +612,7 @@ WORKER = textwrap.dedent(
     experiment = db.get_experiment("e2e")
     while True:
         try:
-            job = experiment.next_job(timeout=20, lease=3)
+            job = experiment.next_job(timeout=20, lease=float(lease))
         except NoJobError:
             break
         with job:
@@ -663,7 +663,10 @@ def test_workers_without_a_shared_folder_run_pbt_through_the_server(
                 "SCHEDY_RETRY_SECONDS": "20",
             }
             environment.pop("SCHEDY_CHECKPOINT_DIR", None)
-            arguments = [served.url, TOKEN, name, str(marker) if halt else "-"]
+            # The victim's lease is short, so its member is soon re-run; the
+            # others' outlast a loaded machine's late heartbeats (3 s lost one).
+            lease = "3" if halt else "20"
+            arguments = [served.url, TOKEN, name, str(marker) if halt else "-", lease]
             return subprocess.Popen(
                 [sys.executable, str(script), *arguments], cwd=home, env=environment
             )
