@@ -251,11 +251,11 @@ class _StoreStates(RuleBasedStateMachine):
 #: Sequences per backend; ``SCHEDY_STATE_EXAMPLES=200`` for a deep run by hand.
 #: Over the server every lineage step is a request, and it runs the same SQL
 #: storage, so it gets fewer.
-EXAMPLES = int(os.environ.get("SCHEDY_STATE_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("SCHEDY_STATE_EXAMPLES", "8"))
 
 
 def test_no_call_sequence_breaks_the_store(store_url: str) -> None:
-    examples = max(1, EXAMPLES // 3) if store_url.startswith("http") else EXAMPLES
+    examples = max(1, EXAMPLES // 4) if store_url.startswith("http") else EXAMPLES
     with schedy.SchedyDB(store_url, lease_seconds=60) as db:
         _StoreStates.db = db
         run_state_machine_as_test(
